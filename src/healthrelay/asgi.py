@@ -1,0 +1,30 @@
+"""ASGI entry point for uvicorn; starts the in-process timer loop in the embedded setup."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import healthrelay.models  # noqa: F401 - every table and timer handler registered
+from healthrelay.app import create_app
+from healthrelay.core.db import get_sessionmaker
+from healthrelay.core.timers import TimerThread
+
+
+@asynccontextmanager
+async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    thread = None
+    if os.environ.get("HEALTHRELAY_RUN_TIMERS") == "1":
+        thread = TimerThread(get_sessionmaker(), runner=f"web:{socket.gethostname()}:{os.getpid()}")
+        thread.start()
+    yield
+    if thread is not None:
+        thread.stop_event.set()
+
+
+app = create_app()
+app.router.lifespan_context = lifespan

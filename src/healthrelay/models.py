@@ -1,0 +1,11 @@
+"""Import every domain's tables so SQLAlchemy metadata (and Alembic) sees the whole schema."""
+
+from healthrelay.access import models as access_models  # noqa: F401
+from healthrelay.accounts import models as accounts_models  # noqa: F401
+from healthrelay.audit import models as audit_models  # noqa: F401
+from healthrelay.core import timers as core_timers  # noqa: F401
+from healthrelay.core.db import Base
+from healthrelay.directory import models as directory_models  # noqa: F401
+from healthrelay.patients import models as patients_models  # noqa: F401
+
+metadata = Base.metadata

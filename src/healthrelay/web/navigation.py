@@ -1,0 +1,28 @@
+"""Navigation by role: each entry is (message id, path, roles that see it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from healthrelay.accounts.models import Role
+
+ALL_STAFF = frozenset(r for r in Role if r != Role.PATIENT)
+CLINICAL = frozenset({Role.CLINICIAN, Role.REMOTE_READER, Role.DISPATCHER, Role.PHARMACIST,
+                      Role.ORG_ADMIN, Role.ALLIANCE_ADMIN})
+ADMINS = frozenset({Role.ALLIANCE_ADMIN, Role.ORG_ADMIN})
+
+MENU: list[tuple[str, str, frozenset[Role]]] = [
+    ("nav.home", "/", frozenset(Role)),
+    ("nav.patients", "/patients", CLINICAL),
+    ("nav.directory", "/directory", ALL_STAFF),
+    ("nav.map", "/directory/map", ALL_STAFF),
+    ("nav.my_record", "/me", frozenset({Role.PATIENT})),
+    ("nav.break_glass_review", "/admin/break-glass", ADMINS),
+    ("nav.audit", "/admin/audit", ADMINS),
+]
+
+
+def menu_for(user: Any) -> list[tuple[str, str]]:
+    if user is None:
+        return []
+    return [(key, path) for key, path, roles in MENU if user.role in roles]

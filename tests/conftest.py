@@ -1,0 +1,124 @@
+"""Test fixtures: a real database per test (SQLite file, or PostgreSQL when
+HEALTHRELAY_TEST_DATABASE_URL is set), the app, and helpers to make users and patients."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_URL = os.environ.get("HEALTHRELAY_TEST_DATABASE_URL", "")
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data")
+    os.environ["HEALTHRELAY_DATA_DIR"] = str(path)
+    os.environ["HEALTHRELAY_FAST_PASSWORD_HASH"] = "1"
+    os.environ["HEALTHRELAY_ASSETS_DIR"] = str(ROOT / "node_modules")
+    os.environ.pop("HEALTHRELAY_RUN_TIMERS", None)
+    return path
+
+
+@pytest.fixture(scope="session")
+def migrated_template(data_dir: Path) -> str:
+    """Run the real migrations once; each test then starts from a copy (SQLite) or truncation (PG)."""
+    from healthrelay.core.migrate import upgrade
+
+    if PG_URL:
+        engine = create_engine(PG_URL)
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+        engine.dispose()
+        upgrade(PG_URL)
+        return PG_URL
+    template = data_dir / "template.sqlite3"
+    upgrade(f"sqlite:///{template}")
+    return str(template)
+
+
+def _truncate_all(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        tables = [r[0] for r in conn.execute(text(
+            "SELECT tablename FROM pg_tables WHERE schemaname='public' AND tablename <> 'alembic_version'"))]
+        conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture
+def database_url(migrated_template: str, tmp_path: Path) -> Iterator[str]:
+    from healthrelay.core.db import reset_caches
+
+    if PG_URL:
+        _truncate_all(PG_URL)
+        url = PG_URL
+    else:
+        copy = tmp_path / "test.sqlite3"
+        shutil.copyfile(migrated_template, copy)
+        url = f"sqlite:///{copy}"
+    os.environ["HEALTHRELAY_DATABASE_URL"] = url
+    reset_caches()
+    yield url
+    reset_caches()
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Session]:
+    from healthrelay.core.db import get_sessionmaker
+
+    session = get_sessionmaker()()
+    yield session
+    session.rollback()
+    session.close()
+
+
+@pytest.fixture
+def app(database_url: str):  # noqa: ANN201
+    import healthrelay.models  # noqa: F401
+    from healthrelay.app import create_app
+
+    return create_app()
+
+
+@pytest.fixture
+def client(app):  # noqa: ANN001, ANN201
+    from fastapi.testclient import TestClient
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def live_server(app) -> Iterator[str]:  # noqa: ANN001
+    """The real app served by uvicorn on loopback, for browser tests."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("test server did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
