@@ -13,7 +13,12 @@ _DIR = Path(__file__).parent / "i18n"
 
 @lru_cache
 def catalogue(locale: str) -> dict[str, str]:
-    return json.loads((_DIR / f"{locale}.json").read_text(encoding="utf-8"))
+    """The web catalogue plus every domain's own `<domain>/i18n/<locale>.json`."""
+    merged: dict[str, str] = json.loads((_DIR / f"{locale}.json").read_text(encoding="utf-8"))
+    for path in sorted(_DIR.parent.parent.glob(f"*/i18n/{locale}.json")):
+        if path.parent != _DIR:
+            merged.update(json.loads(path.read_text(encoding="utf-8")))
+    return merged
 
 
 def translate(key: str, locale: str = DEFAULT, **params: object) -> str:
