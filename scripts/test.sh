@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --test
 
 echo "==> ruff"
-.venv/bin/ruff check src tests bench
+.venv/bin/ruff check .
 
 echo "==> tests on SQLite"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

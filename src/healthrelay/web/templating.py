@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,8 @@ def request_locale(request: Request) -> str:
 
 
 def csrf_token(request: Request) -> str:
-    import secrets
-
+    if "session" not in request.scope:  # the 500 page renders outside the session middleware
+        return ""
     nonce = request.session.get("nonce")
     if not nonce:
         nonce = request.session["nonce"] = secrets.token_urlsafe(16)
