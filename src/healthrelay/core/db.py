@@ -87,10 +87,9 @@ def session_scope() -> Iterator[Session]:
     try:
         yield db
         db.commit()
-    except BaseException:
-        db.rollback()
-        raise
     finally:
+        # On error, close() rolls the transaction back without expiring loaded objects, so the
+        # error page can still show the signed-in user.
         db.close()
 
 

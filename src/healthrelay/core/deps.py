@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from healthrelay.accounts.models import ApiToken, Role, User
 from healthrelay.audit.service import Actor
@@ -28,7 +28,7 @@ def _user_from_bearer(db: Session, header: str) -> User | None:
     row = db.execute(select(ApiToken).where(ApiToken.token_sha256 == token_digest(token.strip()))).scalar()
     if row is None or row.revoked_at is not None or row.expires_at <= utcnow():
         raise NotAuthenticated("令牌无效或已过期 / token invalid or expired")
-    return db.get(User, row.user_id)
+    return db.get(User, row.user_id, options=[joinedload(User.organisation)])
 
 
 def optional_user(request: Request, db: DbSession) -> User | None:
@@ -36,7 +36,7 @@ def optional_user(request: Request, db: DbSession) -> User | None:
     user = _user_from_bearer(db, header) if header else None
     if user is None and not header:
         user_id = request.session.get("uid")
-        user = db.get(User, user_id) if user_id else None
+        user = db.get(User, user_id, options=[joinedload(User.organisation)]) if user_id else None
     if user is not None and not user.is_active:
         raise NotAuthenticated("账号已停用 / account disabled")
     request.state.user = user

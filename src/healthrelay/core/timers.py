@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import JSON, Index, String, Text, UniqueConstraint, delete, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from healthrelay.core.db import Base, UTCDateTime, utcnow
@@ -72,8 +73,14 @@ def schedule(db: Session, *, kind: str, due_at: datetime, payload: dict[str, Any
         if existing is not None:
             return None
     timer = Timer(kind=kind, due_at=due_at, payload=payload or {}, dedupe_key=dedupe_key)
-    db.add(timer)
-    db.flush()
+    try:
+        # A savepoint, so another runner inserting the same key first costs only this insert.
+        with db.begin_nested():
+            db.add(timer)
+    except IntegrityError:
+        if dedupe_key is None:
+            raise
+        return None
     return timer
 
 
