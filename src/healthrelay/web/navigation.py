@@ -26,3 +26,9 @@ def menu_for(user: Any) -> list[tuple[str, str]]:
     if user is None:
         return []
     return [(key, path) for key, path, roles in MENU if user.role in roles]
+
+
+def current_entry(menu: list[tuple[str, str]], path: str) -> str | None:
+    """The entry to highlight: the longest menu path that is the page's path or a parent of it."""
+    matches = [p for _, p in menu if p == path or (p != "/" and path.startswith(p + "/"))]
+    return max(matches, key=len, default=None)

@@ -14,7 +14,7 @@ from starlette.responses import HTMLResponse
 
 from healthrelay.core.security import csrf_token_for
 from healthrelay.web.i18n import pick_locale, translate
-from healthrelay.web.navigation import menu_for
+from healthrelay.web.navigation import current_entry, menu_for
 
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
 _ROOT = Path(__file__).resolve().parent.parent
@@ -63,12 +63,14 @@ def render(request: Request, name: str, context: dict[str, Any] | None = None, *
     def t(key: str, **params: object) -> str:
         return translate(key, locale, **params)
 
+    menu = menu_for(user)
     ctx: dict[str, Any] = {
         "user": user,
         "locale": locale,
         "t": t,
         "csrf_token": csrf_token(request),
-        "menu": menu_for(user),
+        "menu": menu,
+        "current_menu_path": current_entry(menu, request.url.path),
         "current_path": request.url.path,
     }
     ctx.update(context or {})
