@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import exists, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from healthrelay.access.models import BreakGlassGrant
 from healthrelay.accounts.models import Role, User
@@ -130,8 +130,10 @@ def require_patient_access(db: Session, *, user: User, patient_id: int, action: 
     purpose = decide(db, user=user, patient_id=patient_id)
     actor = actor_of(user, client_address)
     if purpose is None:
+        # Committed on its own so the refusal is kept though the request fails (after the caller's
+        # transaction ends, if that transaction holds the audit lock: see audit.record_now).
         audit.record_now(actor=actor, action=action, patient_id=patient_id, outcome="denied",
-                         purpose="no_care_relationship")
+                         purpose="no_care_relationship", db=db)
         if user.role == Role.HEALTH_BUREAU:
             raise AccessDenied("卫健局账号只能查看汇总数据 / health-bureau accounts see aggregates only")
         if user.role in CLINICAL_ROLES:
@@ -165,10 +167,38 @@ def break_glass(db: Session, *, user: User, patient_id: int, reason: str,
     return grant
 
 
-def list_unreviewed_break_glass(db: Session, *, limit: int = 200) -> list[BreakGlassGrant]:
-    return list(db.execute(
-        select(BreakGlassGrant).where(BreakGlassGrant.reviewed_at.is_(None))
-        .order_by(BreakGlassGrant.granted_at.desc()).limit(limit)).scalars())
+# Lists show who broke the glass and where they work: load both in two queries, not two per row.
+_WITH_USER = selectinload(BreakGlassGrant.user).selectinload(User.organisation)
+
+
+def list_unreviewed_break_glass(db: Session, *, limit: int = 200,
+                                organisation_id: int | None = None) -> list[BreakGlassGrant]:
+    """Newest first; `organisation_id` keeps the grants of that organisation's staff only."""
+    q = (select(BreakGlassGrant).where(BreakGlassGrant.reviewed_at.is_(None))
+         .options(_WITH_USER).order_by(BreakGlassGrant.granted_at.desc()).limit(limit))
+    if organisation_id is not None:
+        q = q.join(User, User.id == BreakGlassGrant.user_id).where(User.organisation_id == organisation_id)
+    return list(db.execute(q).scalars())
+
+
+def list_recently_reviewed_break_glass(db: Session, *, days: int = 30, limit: int = 100,
+                                       organisation_id: int | None = None) -> list[BreakGlassGrant]:
+    """Reviews of the last `days`, newest first, so a reviewer can see what was decided lately."""
+    q = (select(BreakGlassGrant)
+         .where(BreakGlassGrant.reviewed_at >= utcnow() - timedelta(days=days))
+         .options(_WITH_USER).order_by(BreakGlassGrant.reviewed_at.desc()).limit(limit))
+    if organisation_id is not None:
+        q = q.join(User, User.id == BreakGlassGrant.user_id).where(User.organisation_id == organisation_id)
+    return list(db.execute(q).scalars())
+
+
+def review_scope(reviewer: User) -> int | None:
+    """The organisation whose staff's grants a reviewer sees: None means every organisation."""
+    if reviewer.role == Role.ALLIANCE_ADMIN:
+        return None
+    if reviewer.role == Role.ORG_ADMIN and reviewer.organisation_id is not None:
+        return reviewer.organisation_id
+    raise AccessDenied("只有管理员可以审核破窗访问 / only administrators review break-glass access")
 
 
 def review_break_glass(db: Session, *, grant_id: int, reviewer: User, outcome: str, note: str,

@@ -10,9 +10,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 from healthrelay.accounts import service
 from healthrelay.accounts.models import Role, User
 from healthrelay.accounts.schemas import TokenOut, UserCreate, UserOut
-from healthrelay.audit import service as audit
-from healthrelay.core.deps import CurrentActor, CurrentUser, DbSession, client_address, require_roles
-from healthrelay.core.errors import AccessDenied
+from healthrelay.core.deps import CurrentUser, DbSession, client_address, require_roles
 
 router = APIRouter(tags=["accounts"])
 
@@ -38,13 +36,6 @@ def me(user: CurrentUser) -> User:
 
 
 @router.post("/users", response_model=UserOut, status_code=status.HTTP_201_CREATED)
-def create_user(body: UserCreate, db: DbSession, actor: CurrentActor,
+def create_user(body: UserCreate, request: Request, db: DbSession,
                 admin: User = require_roles(Role.ALLIANCE_ADMIN, Role.ORG_ADMIN)) -> User:
-    if admin.role == Role.ORG_ADMIN and (body.organisation_id != admin.organisation_id
-                                         or body.role in (Role.ALLIANCE_ADMIN, Role.HEALTH_BUREAU)):
-        raise AccessDenied("机构管理员只能为本机构创建账号 / organisation admins create accounts for "
-                           "their own organisation only")
-    user = service.create_user(db, **body.model_dump())
-    audit.record(db, actor=actor, action="user.create", resource=f"user:{user.id}",
-                 detail={"username": user.username, "role": str(user.role)})
-    return user
+    return service.create_user_as(db, admin=admin, client_address=client_address(request), **body.model_dump())

@@ -13,6 +13,7 @@ from healthrelay.audit import service as audit
 from healthrelay.core.config import get_settings
 from healthrelay.core.db import utcnow
 from healthrelay.core.errors import (
+    AccessDenied,
     Conflict,
     InvalidInput,
     NotAuthenticated,
@@ -21,7 +22,7 @@ from healthrelay.core.errors import (
     field_error,
 )
 from healthrelay.core.security import dummy_hash, hash_password, new_token, token_digest, verify_password
-from healthrelay.directory.models import Organisation
+from healthrelay.directory.models import Organisation, Post
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{3,60}$")
 MIN_PASSWORD_LENGTH = 8
@@ -132,3 +133,73 @@ def get_user(db: Session, user_id: int) -> User:
     if user is None:
         raise NotFound(f"没有编号为 {user_id} 的用户 / no user {user_id}")
     return user
+
+
+ADMIN_ROLES = frozenset({Role.ALLIANCE_ADMIN, Role.ORG_ADMIN})
+# Roles only an alliance admin may hand out: they see every organisation.
+ALLIANCE_WIDE_ROLES = frozenset({Role.ALLIANCE_ADMIN, Role.HEALTH_BUREAU})
+
+
+def _check_links_as_org_admin(db: Session, *, admin: User, practitioner_id: int | None,
+                              patient_id: int | None) -> None:
+    """An account inherits the care relationships of its practitioner and patient record, so an
+    organisation admin may only link people who belong to that organisation."""
+    from healthrelay.patients.models import PatientRegistration
+
+    if practitioner_id is not None and db.execute(select(Post.id).where(
+            Post.practitioner_id == practitioner_id, Post.organisation_id == admin.organisation_id)
+    ).first() is None:
+        raise AccessDenied("该医务人员不在本机构执业 / that practitioner has no post at your organisation",
+                           field_errors=[field_error("practitioner_id", "no post at your organisation")])
+    if patient_id is not None and db.execute(select(PatientRegistration.id).where(
+            PatientRegistration.patient_id == patient_id,
+            PatientRegistration.organisation_id == admin.organisation_id)).first() is None:
+        raise AccessDenied("该居民未在本机构建档 / that resident is not registered at your organisation",
+                           field_errors=[field_error("patient_id", "not registered at your organisation")])
+
+
+def create_user_as(db: Session, *, admin: User, username: str, password: str, display_name: str, role: Role,
+                   organisation_id: int | None, practitioner_id: int | None = None,
+                   patient_id: int | None = None, client_address: str = "") -> User:
+    """User administration: who may create which account, then `create_user`, audited as user.create."""
+    if admin.role not in ADMIN_ROLES:
+        raise AccessDenied("只有管理员可以创建账号 / only administrators create accounts")
+    if admin.role == Role.ORG_ADMIN:
+        if organisation_id != admin.organisation_id or role in ALLIANCE_WIDE_ROLES:
+            raise AccessDenied("机构管理员只能为本机构创建账号 / organisation admins create accounts for "
+                               "their own organisation only",
+                               field_errors=[field_error("organisation_id" if organisation_id != admin.organisation_id
+                                                         else "role", "not allowed for an organisation admin")])
+        _check_links_as_org_admin(db, admin=admin, practitioner_id=practitioner_id, patient_id=patient_id)
+    if patient_id is not None:
+        from healthrelay.patients.models import Patient
+
+        if db.get(Patient, patient_id) is None:
+            raise InvalidInput(f"居民 {patient_id} 不存在 / unknown patient {patient_id}",
+                               field_errors=[field_error("patient_id", "unknown patient")])
+    user = create_user(db, username=username, password=password, display_name=display_name, role=role,
+                       organisation_id=organisation_id, practitioner_id=practitioner_id, patient_id=patient_id)
+    audit.record(db, actor=audit.Actor(user_id=admin.id, username=admin.username, role=str(admin.role),
+                                       organisation_id=admin.organisation_id, client_address=client_address),
+                 action="user.create", resource=f"user:{user.id}",
+                 detail={"username": user.username, "role": str(user.role), "organisation_id": organisation_id})
+    return user
+
+
+def list_users(db: Session, *, admin: User, text: str = "", role: Role | None = None,
+               organisation_id: int | None = None, limit: int = 200) -> list[User]:
+    """Accounts an admin may see (an organisation admin: their own organisation's), by username."""
+    if admin.role not in ADMIN_ROLES:
+        raise AccessDenied("只有管理员可以管理账号 / only administrators manage accounts")
+    if admin.role == Role.ORG_ADMIN:
+        organisation_id = admin.organisation_id
+    q = select(User).order_by(User.username).limit(limit)
+    if organisation_id is not None:
+        q = q.where(User.organisation_id == organisation_id)
+    if role is not None:
+        q = q.where(User.role == role)
+    text = (text or "").strip()
+    if text:
+        q = q.where(User.username.icontains(text, autoescape=True)
+                    | User.display_name.icontains(text, autoescape=True))
+    return list(db.execute(q).scalars())

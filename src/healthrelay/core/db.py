@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -79,6 +79,18 @@ def get_engine() -> Engine:
 @lru_cache
 def get_sessionmaker() -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(), expire_on_commit=False)
+
+
+def take_sqlite_write_lock(db: Session) -> None:
+    """On SQLite, start the write transaction now.
+
+    pysqlite only sends BEGIN before a data change, so a read that decides a write (the last
+    audit hash, the next due timer) would otherwise run outside any transaction, and a savepoint
+    opened first would become the outer transaction and commit on release. A change that touches
+    no row takes the write lock without side effects. PostgreSQL needs none of this.
+    """
+    if db.get_bind().dialect.name == "sqlite":
+        db.execute(text("UPDATE alembic_version SET version_num = version_num WHERE 0"))
 
 
 def session_scope() -> Iterator[Session]:

@@ -16,11 +16,11 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Index, String, Text, UniqueConstraint, delete, select, text
+from sqlalchemy import JSON, Index, String, Text, UniqueConstraint, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from healthrelay.core.db import Base, UTCDateTime, utcnow
+from healthrelay.core.db import Base, UTCDateTime, take_sqlite_write_lock, utcnow
 
 log = logging.getLogger("healthrelay.timers")
 
@@ -68,6 +68,7 @@ def handler(kind: str, *, every: timedelta | None = None) -> Callable[[Handler],
 def schedule(db: Session, *, kind: str, due_at: datetime, payload: dict[str, Any] | None = None,
              dedupe_key: str | None = None) -> Timer | None:
     """Add a timer in the caller's transaction; returns None if `dedupe_key` already exists."""
+    take_sqlite_write_lock(db)  # the savepoint below must nest inside the caller's transaction
     if dedupe_key is not None:
         existing = db.execute(select(Timer).where(Timer.dedupe_key == dedupe_key)).scalar()
         if existing is not None:
@@ -97,9 +98,7 @@ def _claim_one(db: Session) -> Timer | None:
              .order_by(Timer.due_at).limit(1))
     if db.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
-    else:
-        # Take SQLite's write lock before reading, so two runners cannot read the same row.
-        db.execute(text("UPDATE timers SET attempts = attempts WHERE id = -1"))
+    take_sqlite_write_lock(db)  # so two runners cannot read the same row
     return db.execute(query).scalar()
 
 

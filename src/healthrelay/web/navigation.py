@@ -18,6 +18,7 @@ MENU: list[tuple[str, str, frozenset[Role]]] = [
     ("nav.map", "/directory/map", ALL_STAFF),
     ("nav.my_record", "/me", frozenset({Role.PATIENT})),
     ("nav.break_glass_review", "/admin/break-glass", ADMINS),
+    ("nav.users", "/admin/users", ADMINS),
     ("nav.audit", "/admin/audit", ADMINS),
 ]
 
