@@ -28,3 +28,24 @@ def test_oversized_body_is_refused_with_413(client) -> None:
                            headers={"content-type": "application/x-www-form-urlencoded"})
     assert response.status_code == 413
     assert response.json()["code"] == "body_too_large"
+
+
+def test_a_resident_opens_their_own_record_and_no_one_elses(client, db) -> None:
+    township = f.organisation(db)
+    me = f.patient(db, name="刘桂兰", registered_at=township)
+    neighbour = f.patient(db, name="陈德明", registered_at=township)
+    f.user(db, role=Role.PATIENT, username="resident1", patient=me, with_practitioner=False)
+    db.commit()
+    login = client.get("/login")
+    token = login.text.split('name="csrf_token" value="')[1].split('"')[0]
+    client.post("/login", data={"username": "resident1", "password": f.PASSWORD, "csrf_token": token})
+    own = client.get("/me")
+    assert own.status_code == 200 and "刘桂兰" in own.text
+    other = client.get(f"/patients/{neighbour.id}")
+    assert other.status_code == 403 and "陈德明" not in other.text
+
+
+def test_english_switch_changes_the_page_language(client) -> None:
+    assert "登录" in client.get("/login").text
+    client.get("/lang/en")
+    assert "Sign in" in client.get("/login").text

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from healthrelay.core.deps import CurrentUser
+from healthrelay.core.errors import NotFound
 from healthrelay.web.i18n import SUPPORTED
 from healthrelay.web.templating import render
 
@@ -15,6 +16,14 @@ router = APIRouter(include_in_schema=False)
 @router.get("/")
 def home(request: Request, user: CurrentUser) -> Response:
     return render(request, "home.html")
+
+
+@router.get("/me")
+def my_record(user: CurrentUser) -> Response:
+    """A resident's own record; staff have no record of their own here."""
+    if user.patient_id is None:
+        raise NotFound("该账号没有关联的居民档案 / this account is not linked to a patient record")
+    return RedirectResponse(f"/patients/{user.patient_id}", status_code=303)
 
 
 @router.get("/lang/{code}")
