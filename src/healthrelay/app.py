@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -119,6 +120,15 @@ def install_error_handlers(app: FastAPI) -> None:
             "field_errors": field_errors or [{"field": "body", "message": "malformed JSON"}],
         }
         return _error_response(request, 422, body)
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity_error(request: Request, exc: IntegrityError) -> Response:
+        # Services check first; this only catches two requests racing for the same unique value.
+        log.warning("integrity error on %s %s: %s", request.method, request.url.path, exc.orig)
+        body = {"code": "conflict", "message": "与已有数据冲突（可能有人同时提交了相同内容），请刷新后重试 / "
+                "conflicts with existing data (perhaps submitted twice at once); reload and try again",
+                "field_errors": []}
+        return _error_response(request, 409, body)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import date, datetime
 
-from sqlalchemy import JSON, Date, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Date, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from healthrelay.core.db import Base, UTCDateTime, utcnow
@@ -60,6 +60,10 @@ class PatientIdentifier(Base):
     __table_args__ = (
         # The same number can only identify one person (per issuer for record numbers).
         UniqueConstraint("type", "issuer_organisation_id", "value", name="uq_patient_identifiers_value"),
+        # NULLs are distinct in unique constraints, so national identifiers need their own index.
+        Index("uq_patient_identifiers_national", "type", "value", unique=True,
+              sqlite_where=text("issuer_organisation_id IS NULL"),
+              postgresql_where=text("issuer_organisation_id IS NULL")),
         Index("ix_patient_identifiers_value", "value"),
     )
 

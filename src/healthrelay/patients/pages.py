@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from datetime import date
 from typing import Annotated, Any
 
@@ -13,7 +11,7 @@ from pydantic import ValidationError
 
 from healthrelay.access.service import resolve_patient
 from healthrelay.core.deps import CsrfChecked, CurrentUser, DbSession, client_address
-from healthrelay.core.errors import DomainError, InvalidInput, NeedToKnowDenied
+from healthrelay.core.errors import DomainError, InvalidInput
 from healthrelay.patients import service
 from healthrelay.patients.models import IdentifierType
 from healthrelay.patients.schemas import PatientCreate
@@ -29,29 +27,6 @@ FORM_FIELDS = ("name", "sex", "birth_date", "resident_id", "phone", "area_id", "
                "insurance_card", "record_number")
 
 
-def friendly_errors(handler: Callable[..., Response]) -> Callable[..., Response]:
-    """Render a rule violation as the shared error page from inside the request.
-
-    The app-wide handler renders after the request session was rolled back and closed, when
-    the signed-in user can no longer be read for the page header (a 500 instead of the 403 or
-    404): here the session is rolled back (nothing half-written) but still open.
-    """
-
-    @functools.wraps(handler)
-    def wrapper(*args: Any, **kwargs: Any) -> Response:
-        try:
-            return handler(*args, **kwargs)
-        except DomainError as exc:
-            kwargs["db"].rollback()
-            body = exc.to_dict()
-            if isinstance(exc, NeedToKnowDenied):
-                body["patient_id"] = exc.patient_id
-            return render(kwargs["request"], "errors/error.html", {"status": exc.status_code, "error": body},
-                          status_code=exc.status_code)
-
-    return wrapper
-
-
 def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
     return [{"field": ".".join(str(p) for p in err["loc"]) or "form", "message": err["msg"]} for err in exc.errors()]
 
@@ -62,7 +37,6 @@ def _age(born: date, today: date | None = None) -> int:
 
 
 @router.get("/patients")
-@friendly_errors
 def search_page(request: Request, db: DbSession, user: CurrentUser, q: str = "") -> Response:
     rows: list[Any] = []
     error = ""
@@ -88,13 +62,11 @@ def _form_page(request: Request, db: DbSession, *, form: dict[str, str], status_
 
 
 @router.get("/patients/new")
-@friendly_errors
 def new_page(request: Request, db: DbSession, user: CurrentUser) -> Response:
     return _form_page(request, db, form={"sex": ""})
 
 
 @router.post("/patients/new", dependencies=[CsrfChecked])
-@friendly_errors
 def new_submit(request: Request, db: DbSession, user: CurrentUser, name: FormText = "", sex: FormText = "",
                birth_date: FormText = "", resident_id: FormText = "", phone: FormText = "", area_id: FormText = "",
                grid: FormText = "", address_line: FormText = "", insurance_card: FormText = "",
@@ -136,7 +108,6 @@ def _record_page(request: Request, db: DbSession, user: CurrentUser, patient_id:
 
 
 @router.get("/patients/{patient_id}")
-@friendly_errors
 def record_page(request: Request, db: DbSession, user: CurrentUser, patient_id: int) -> Response:
     survivor = resolve_patient(db, patient_id)
     if survivor.id != patient_id:
@@ -145,7 +116,6 @@ def record_page(request: Request, db: DbSession, user: CurrentUser, patient_id: 
 
 
 @router.post("/patients/{patient_id}/identifiers", dependencies=[CsrfChecked])
-@friendly_errors
 def add_identifier_submit(request: Request, db: DbSession, user: CurrentUser, patient_id: int,
                           type: FormText = "", value: FormText = "") -> Response:
     try:
@@ -174,7 +144,6 @@ def _duplicates_page(request: Request, db: DbSession, user: CurrentUser, patient
 
 
 @router.get("/patients/{patient_id}/duplicates")
-@friendly_errors
 def duplicates_page(request: Request, db: DbSession, user: CurrentUser, patient_id: int) -> Response:
     survivor = resolve_patient(db, patient_id)
     if survivor.id != patient_id:
@@ -183,7 +152,6 @@ def duplicates_page(request: Request, db: DbSession, user: CurrentUser, patient_
 
 
 @router.post("/patients/{patient_id}/merge", dependencies=[CsrfChecked])
-@friendly_errors
 def merge_submit(request: Request, db: DbSession, user: CurrentUser, patient_id: int, other_id: FormText = "",
                  keep: FormText = "", reason: FormText = "") -> Response:
     """The duplicates page's form: which candidate, which record survives, and why."""
@@ -207,7 +175,6 @@ def merge_submit(request: Request, db: DbSession, user: CurrentUser, patient_id:
 
 
 @router.post("/patients/merges/{merge_id}/undo", dependencies=[CsrfChecked])
-@friendly_errors
 def undo_submit(request: Request, db: DbSession, user: CurrentUser, merge_id: int, reason: FormText = "") -> Response:
     record = service.undo_merge(db, by=user, merge_id=merge_id, reason=reason,
                                 client_address=client_address(request))

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 10:40:18.247066
+Create Date: 2026-11-23 12:03:26.040720
 """
 from collections.abc import Sequence
 
@@ -250,6 +250,7 @@ def upgrade() -> None:
     with op.batch_alter_table('patient_identifiers', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_patient_identifiers_patient_id'), ['patient_id'], unique=False)
         batch_op.create_index('ix_patient_identifiers_value', ['value'], unique=False)
+        batch_op.create_index('uq_patient_identifiers_national', ['type', 'value'], unique=True, sqlite_where=sa.text('issuer_organisation_id IS NULL'), postgresql_where=sa.text('issuer_organisation_id IS NULL'))
 
     op.create_table('teams',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -470,6 +471,7 @@ def downgrade() -> None:
 
     op.drop_table('teams')
     with op.batch_alter_table('patient_identifiers', schema=None) as batch_op:
+        batch_op.drop_index('uq_patient_identifiers_national', sqlite_where=sa.text('issuer_organisation_id IS NULL'), postgresql_where=sa.text('issuer_organisation_id IS NULL'))
         batch_op.drop_index('ix_patient_identifiers_value')
         batch_op.drop_index(batch_op.f('ix_patient_identifiers_patient_id'))
 
