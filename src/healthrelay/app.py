@@ -18,6 +18,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from healthrelay import __version__
+from healthrelay.core import logmask
 from healthrelay.core.config import get_settings
 from healthrelay.core.db import get_engine
 from healthrelay.core.errors import DomainError, NeedToKnowDenied, NotAuthenticated, TooManyAttempts
@@ -124,7 +125,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(IntegrityError)
     async def _integrity_error(request: Request, exc: IntegrityError) -> Response:
         # Services check first; this only catches two requests racing for the same unique value.
-        log.warning("integrity error on %s %s: %s", request.method, request.url.path, exc.orig)
+        # Only the constraint's name: the driver's message quotes the clashing value (an ID number, say).
+        constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None) or type(exc.orig).__name__
+        log.warning("integrity error on %s %s: %s", request.method, request.url.path, constraint)
         body = {"code": "conflict", "message": "与已有数据冲突（可能有人同时提交了相同内容），请刷新后重试 / "
                 "conflicts with existing data (perhaps submitted twice at once); reload and try again",
                 "field_errors": []}
@@ -148,6 +151,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    logmask.install()
     app = FastAPI(title="HealthRelay 健康接力", version=__version__, openapi_url="/openapi.json",
                   docs_url="/api/docs", redoc_url=None)
     install_error_handlers(app)

@@ -49,3 +49,17 @@ def test_english_switch_changes_the_page_language(client) -> None:
     assert "登录" in client.get("/login").text
     client.get("/lang/en")
     assert "Sign in" in client.get("/login").text
+
+
+def test_access_log_lines_mask_id_and_mobile_numbers() -> None:
+    import logging
+
+    from healthrelay.core.logmask import MaskPersonalNumbers
+
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5000", "GET", "/patients?q=11010519491231002X&p=13907181234", "1.1", 200),
+                               None)
+    MaskPersonalNumbers().filter(record)
+    line = record.getMessage()
+    assert "11010519491231002X" not in line and "110***********002X" in line
+    assert "13907181234" not in line and "139****1234" in line
