@@ -26,7 +26,7 @@ from healthrelay.core.errors import DomainError, NeedToKnowDenied, NotAuthentica
 log = logging.getLogger("healthrelay")
 
 # Each domain exposes `router` in api.py (mounted under /api/v1) and/or pages.py (mounted at /).
-DOMAINS = ("accounts", "access", "audit", "directory", "patients", "web")
+DOMAINS = ("accounts", "access", "audit", "directory", "patients", "referrals", "web")
 
 
 VENDOR_ASSETS = {"htmx": "htmx.org/dist", "echarts": "echarts/dist"}

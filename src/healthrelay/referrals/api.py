@@ -1,0 +1,130 @@
+"""JSON API of referrals (mounted under /api/v1). Thin: every rule lives in service.py."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, status
+
+from healthrelay.core.deps import CurrentUser, DbSession, client_address
+from healthrelay.referrals import service
+from healthrelay.referrals.models import Direction, Referral, State
+from healthrelay.referrals.schemas import (
+    AcceptIn,
+    CompleteIn,
+    DeclineIn,
+    DownReferralCreate,
+    FollowUpTaskOut,
+    ReasonIn,
+    RedirectIn,
+    ReferralCreate,
+    ReferralDetail,
+    ReferralOut,
+    SendBackUpIn,
+)
+
+router = APIRouter(prefix="/referrals", tags=["referrals"])
+
+
+def _out(referral: Referral) -> ReferralOut:
+    return ReferralOut.model_validate(referral).model_copy(update={"overdue": service.is_overdue(referral)})
+
+
+def _detail(referral: Referral) -> ReferralDetail:
+    return ReferralDetail.model_validate(referral).model_copy(update={"overdue": service.is_overdue(referral)})
+
+
+@router.post("", response_model=ReferralDetail, status_code=status.HTTP_201_CREATED)
+def create(body: ReferralCreate, request: Request, db: DbSession, user: CurrentUser) -> ReferralDetail:
+    """An upward referral (上转) as a draft, or sent at once with `"send": true`."""
+    address = client_address(request)
+    data = service.ReferralInput(**body.model_dump(exclude={"send"}))
+    referral = service.create_draft(db, by=user, data=data, client_address=address)
+    if body.send:
+        referral = service.send(db, by=user, referral_id=referral.id, client_address=address)
+    return _detail(referral)
+
+
+@router.get("", response_model=list[ReferralOut])
+def worklist(request: Request, db: DbSession, user: CurrentUser, direction: Direction | None = None,
+             state: State | None = None, to_organisation: int | None = None, to_department: int | None = None,
+             limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[ReferralOut]:
+    """Referrals to or from the caller's organisation, overdue ones first."""
+    rows = service.worklist(db, user=user, direction=direction, state=state, to_organisation_id=to_organisation,
+                            to_department_id=to_department, limit=limit, client_address=client_address(request))
+    return [_out(r) for r in rows]
+
+
+@router.get("/follow-up-tasks", response_model=list[FollowUpTaskOut])
+def follow_up_tasks(organisation_id: int, request: Request, db: DbSession, user: CurrentUser,
+                    open_only: bool = True) -> list[FollowUpTaskOut]:
+    rows = service.follow_up_tasks(db, user=user, organisation_id=organisation_id, open_only=open_only,
+                                   client_address=client_address(request))
+    return [FollowUpTaskOut.model_validate(r) for r in rows]
+
+
+@router.post("/down", response_model=ReferralDetail, status_code=status.HTTP_201_CREATED)
+def send_down(body: DownReferralCreate, request: Request, db: DbSession, user: CurrentUser) -> ReferralDetail:
+    data = service.ReferralInput(**body.model_dump(exclude={"care_plan"}),
+                                 care_plan=body.care_plan.model_dump(mode="json"))
+    return _detail(service.send_down(db, by=user, data=data, client_address=client_address(request)))
+
+
+@router.get("/{referral_id}", response_model=ReferralDetail)
+def get(referral_id: int, request: Request, db: DbSession, user: CurrentUser) -> ReferralDetail:
+    return _detail(service.get_for(db, user=user, referral_id=referral_id, client_address=client_address(request)))
+
+
+@router.post("/{referral_id}/send", response_model=ReferralDetail)
+def send(referral_id: int, request: Request, db: DbSession, user: CurrentUser) -> ReferralDetail:
+    return _detail(service.send(db, by=user, referral_id=referral_id, client_address=client_address(request)))
+
+
+@router.post("/{referral_id}/accept", response_model=ReferralDetail)
+def accept(referral_id: int, body: AcceptIn, request: Request, db: DbSession, user: CurrentUser) -> ReferralDetail:
+    return _detail(service.accept(db, by=user, referral_id=referral_id, appointment_at=body.appointment_at,
+                                  bed=body.bed, client_address=client_address(request)))
+
+
+@router.post("/{referral_id}/decline", response_model=ReferralDetail)
+def decline(referral_id: int, body: DeclineIn, request: Request, db: DbSession, user: CurrentUser) -> ReferralDetail:
+    return _detail(service.decline(
+        db, by=user, referral_id=referral_id, reason=body.reason,
+        suggested_alternative_organisation_id=body.suggested_alternative_organisation_id,
+        client_address=client_address(request)))
+
+
+@router.post("/{referral_id}/redirect", response_model=ReferralDetail)
+def redirect(referral_id: int, body: RedirectIn, request: Request, db: DbSession,
+             user: CurrentUser) -> ReferralDetail:
+    return _detail(service.redirect(db, by=user, referral_id=referral_id, to_organisation_id=body.to_organisation_id,
+                                    to_department_id=body.to_department_id, reason=body.reason,
+                                    client_address=client_address(request)))
+
+
+@router.post("/{referral_id}/arrive", response_model=ReferralDetail)
+def arrive(referral_id: int, request: Request, db: DbSession, user: CurrentUser) -> ReferralDetail:
+    return _detail(service.mark_arrived(db, by=user, referral_id=referral_id, client_address=client_address(request)))
+
+
+@router.post("/{referral_id}/complete", response_model=ReferralDetail)
+def complete(referral_id: int, body: CompleteIn, request: Request, db: DbSession,
+             user: CurrentUser) -> ReferralDetail:
+    return _detail(service.complete(db, by=user, referral_id=referral_id, outcome=body.outcome,
+                                    client_address=client_address(request)))
+
+
+@router.post("/{referral_id}/cancel", response_model=ReferralDetail)
+def cancel(referral_id: int, body: ReasonIn, request: Request, db: DbSession, user: CurrentUser) -> ReferralDetail:
+    return _detail(service.cancel(db, by=user, referral_id=referral_id, reason=body.reason,
+                                  client_address=client_address(request)))
+
+
+@router.post("/{referral_id}/send-back-up", response_model=ReferralDetail, status_code=status.HTTP_201_CREATED)
+def send_back_up(referral_id: int, body: SendBackUpIn, request: Request, db: DbSession,
+                 user: CurrentUser) -> ReferralDetail:
+    """A worsening patient goes back up to the hospital that sent them down, with the history."""
+    return _detail(service.send_back_up(db, by=user, down_referral_id=referral_id, reason=body.reason,
+                                        urgency=body.urgency, consent_kind=body.consent_kind,
+                                        to_department_id=body.to_department_id,
+                                        client_address=client_address(request)))
