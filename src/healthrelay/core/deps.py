@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import select
@@ -53,7 +53,8 @@ OptionalUser = Annotated[User | None, Depends(optional_user)]
 CurrentUser = Annotated[User, Depends(require_user)]
 
 
-def require_roles(*roles: Role):  # noqa: ANN201 - returns a dependency
+def require_roles(*roles: Role) -> Any:
+    """A dependency (`Depends`) admitting only these roles; use as a parameter default."""
     allowed = frozenset(roles)
 
     def _check(user: CurrentUser) -> User:
