@@ -511,7 +511,7 @@ def search(db: Session, *, user: User, q: str, limit: int = 50, client_address: 
 # ---------------------------------------------------------------------------------------------
 # The record.
 
-def _merge_out(db: Session, merge: PatientMerge) -> MergeOut:
+def merge_out(db: Session, merge: PatientMerge) -> MergeOut:
     names = dict(db.execute(select(User.id, User.display_name).where(
         User.id.in_([u for u in (merge.merged_by_user_id, merge.undone_by_user_id) if u is not None]))).all())
     moved = {key: len(value) for key, value in (merge.moved or {}).items()}
@@ -550,7 +550,7 @@ def view(db: Session, *, user: User, patient: Patient, purpose: str = "",
         for entry, team_name in db.execute(select(TeamPanelEntry, Team.name).join(
             Team, Team.id == TeamPanelEntry.team_id).where(TeamPanelEntry.patient_id == patient.id))
     ]
-    merges = [_merge_out(db, m) for m in db.execute(select(PatientMerge).where(
+    merges = [merge_out(db, m) for m in db.execute(select(PatientMerge).where(
         (PatientMerge.survivor_id == patient.id) | (PatientMerge.merged_id == patient.id)
     ).order_by(PatientMerge.merged_at.desc(), PatientMerge.id.desc())).scalars()]
     area_name = db.execute(select(Area.name).where(Area.id == patient.area_id)).scalar() if patient.area_id else ""
@@ -912,10 +912,6 @@ def undo_merge(db: Session, *, by: User, merge_id: int, reason: str, client_addr
         audit.record(db, actor=actor, action="patient.merge_undone", patient_id=pid, purpose="record_management",
                      resource=f"patient_merge:{record.id}", detail={"restored_rows": restored, "reason": reason})
     return record
-
-
-def merge_out(db: Session, merge: PatientMerge) -> MergeOut:
-    return _merge_out(db, merge)
 
 
 # ---------------------------------------------------------------------------------------------
