@@ -17,6 +17,9 @@ command -v npm >/dev/null || missing+=(nodejs npm)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 [ -e /usr/include/python3*/Python.h ] || python3 -c 'import sysconfig,os,sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"]+"/Python.h"))' || missing+=(python3-dev)
 have_pkg fonts-noto-cjk || missing+=(fonts-noto-cjk)
+# WeasyPrint (PDF referral slips) draws text with Pango.
+have_pkg libpango-1.0-0 || missing+=(libpango-1.0-0)
+have_pkg libpangoft2-1.0-0 || missing+=(libpangoft2-1.0-0)
 if [ "$want_tests" = 1 ]; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   [ -x /usr/bin/chromium ] || missing+=(chromium)

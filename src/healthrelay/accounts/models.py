@@ -37,6 +37,10 @@ class User(Base):
     practitioner_id: Mapped[int | None] = mapped_column(ForeignKey("practitioners.id"), index=True)
     patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"), index=True)
     locale: Mapped[str] = mapped_column(String(8), default="zh")
+    # Addresses for the outbound notification channels; empty means "inbox only" for that channel.
+    email: Mapped[str] = mapped_column(String(200), default="")
+    mobile: Mapped[str] = mapped_column(String(20), default="")
+    wechat_openid: Mapped[str] = mapped_column(String(64), default="")
     is_active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

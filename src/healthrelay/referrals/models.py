@@ -111,6 +111,8 @@ class ReferralDeadline(Base):
 
     urgency: Mapped[str] = mapped_column(String(20), primary_key=True)
     response_minutes: Mapped[int] = mapped_column(Integer)
+    # An unanswered referral expires this long after it was sent, and the sender is told to refer elsewhere.
+    expire_minutes: Mapped[int] = mapped_column(Integer, default=4320)
 
 
 class ReferralEscalation(Base):
@@ -143,3 +145,19 @@ class FollowUpTask(Base):
     note: Mapped[str] = mapped_column(Text, default="")
     done_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ReferralAttachment(Base):
+    """A result or document sent with a referral; the bytes live under the data dir, named by hash."""
+
+    __tablename__ = "referral_attachments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    referral_id: Mapped[int] = mapped_column(ForeignKey("referrals.id", ondelete="CASCADE"), index=True)
+    filename: Mapped[str] = mapped_column(String(200))
+    content_type: Mapped[str] = mapped_column(String(100))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(200), default="")
+    uploaded_by_user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    uploaded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

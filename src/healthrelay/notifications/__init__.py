@@ -1,0 +1,1 @@
+"""Notifications: the in-app inbox, live push to open pages, and outbound email/SMS/WeChat."""
