@@ -41,18 +41,41 @@ def migrated_template(data_dir: Path) -> str:
             conn.execute(text("CREATE SCHEMA public"))
         engine.dispose()
         upgrade(PG_URL)
+        _snapshot_seeded_rows(PG_URL)
         return PG_URL
     template = data_dir / "template.sqlite3"
     upgrade(f"sqlite:///{template}")
     return str(template)
 
 
+# Rows the migrations seed (reference data such as referral deadlines), restored after each truncation
+# so PostgreSQL tests start from the same database as SQLite tests, which copy the migrated file.
+_seeded_rows: dict[str, list[dict[str, object]]] = {}
+
+
+def _public_tables(conn) -> list[str]:  # noqa: ANN001
+    return [r[0] for r in conn.execute(text(
+        "SELECT tablename FROM pg_tables WHERE schemaname='public' AND tablename <> 'alembic_version'"))]
+
+
+def _snapshot_seeded_rows(url: str) -> None:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        for table in _public_tables(conn):
+            rows = [dict(r._mapping) for r in conn.execute(text(f'SELECT * FROM "{table}"'))]
+            if rows:
+                _seeded_rows[table] = rows
+    engine.dispose()
+
+
 def _truncate_all(url: str) -> None:
     engine = create_engine(url)
     with engine.begin() as conn:
-        tables = [r[0] for r in conn.execute(text(
-            "SELECT tablename FROM pg_tables WHERE schemaname='public' AND tablename <> 'alembic_version'"))]
-        conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        conn.execute(text(f"TRUNCATE {', '.join(_public_tables(conn))} RESTART IDENTITY CASCADE"))
+        for table, rows in _seeded_rows.items():
+            columns = list(rows[0])
+            conn.execute(text(f'INSERT INTO "{table}" ({", ".join(columns)}) '
+                              f'VALUES ({", ".join(":" + c for c in columns)})'), rows)
     engine.dispose()
 
 
@@ -122,3 +145,34 @@ def live_server(app) -> Iterator[str]:  # noqa: ANN001
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+# --- browser tests: Playwright driving Debian's Chromium (never a downloaded browser) ---------------
+
+CHROMIUM = os.environ.get("HEALTHRELAY_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: scripts/setup.sh --test installs Debian's chromium")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, live_server: str, tmp_path: Path) -> Iterator[object]:  # noqa: ANN001
+    context = browser.new_context(base_url=live_server, viewport={"width": 1366, "height": 768},
+                                  locale="zh-CN")
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    yield page
+    context.close()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
@@ -26,26 +27,36 @@ from healthrelay.core.errors import DomainError, NeedToKnowDenied, NotAuthentica
 log = logging.getLogger("healthrelay")
 
 # Each domain exposes `router` in api.py (mounted under /api/v1) and/or pages.py (mounted at /).
-DOMAINS = ("accounts", "access", "audit", "directory", "patients", "referrals", "web")
+DOMAINS = ("accounts", "access", "audit", "directory", "patients", "referrals", "notifications", "web")
 
+
+# Requests that carry files get the attachment limit instead of the general body limit.
+UPLOAD_PATHS = re.compile(r"(/attachments|^/referrals/new)/?$")
 
 VENDOR_ASSETS = {"htmx": "htmx.org/dist", "echarts": "echarts/dist"}
 
 
 class BodySizeLimit:
-    """Refuse oversized bodies before reading them, whether Content-Length is sent or not."""
+    """Refuse oversized bodies before reading them, whether Content-Length is sent or not.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    File uploads (UPLOAD_PATHS) may be larger: up to `upload_max_bytes`.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, upload_max_bytes: int) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_max_bytes = max_bytes
+        self.upload_max_bytes = upload_max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _too_large(self.max_bytes)(scope, receive, send)
+        limit = self.upload_max_bytes if UPLOAD_PATHS.search(scope["path"]) else self.default_max_bytes
+        headers = dict(scope["headers"])
+        wants_html = b"text/html" in headers.get(b"accept", b"")
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _too_large(limit, wants_html)(scope, receive, send)
             return
         seen = 0
 
@@ -54,25 +65,29 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     raise _BodyTooLarge
             return message
 
         try:
             await self.app(scope, counted, send)
         except _BodyTooLarge:
-            await _too_large(self.max_bytes)(scope, receive, send)
+            await _too_large(limit, wants_html)(scope, receive, send)
 
 
 class _BodyTooLarge(Exception):
     pass
 
 
-def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse(status_code=413, content={
-        "code": "body_too_large",
-        "message": f"请求体超过 {limit // 1024} KB 上限 / request body exceeds the {limit // 1024} KB limit",
-        "field_errors": []})
+def _too_large(limit: int, wants_html: bool = False) -> Response:
+    message = f"请求体超过 {limit // 1024} KB 上限 / request body exceeds the {limit // 1024} KB limit"
+    if wants_html:
+        # Before the session is read, so a plain page rather than the full layout.
+        return HTMLResponse(status_code=413, content=(
+            '<!doctype html><html lang="zh-CN"><meta charset="utf-8"><title>413</title>'
+            f'<main style="font-family:sans-serif;margin:2em"><h1>文件太大 / Too large</h1><p>{message}</p>'
+            '<p><a href="javascript:history.back()">返回 / Back</a></p></main></html>'))
+    return JSONResponse(status_code=413, content={"code": "body_too_large", "message": message, "field_errors": []})
 
 
 def _wants_html(request: Request) -> bool:
@@ -185,5 +200,7 @@ def create_app() -> FastAPI:
     app.add_middleware(SessionMiddleware, secret_key=settings.secret_key, session_cookie="hr_session",
                        max_age=settings.session_max_age_seconds, same_site="lax",
                        https_only=settings.cookie_secure)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Multipart framing around an attachment adds a little; the service checks the file's own size.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes,
+                       upload_max_bytes=max(settings.max_body_bytes, settings.attachment_max_bytes + 64 * 1024))
     return app

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from healthrelay.access.service import decide
 from healthrelay.accounts.models import Role, User
+from healthrelay.core.db import utcnow
 from healthrelay.core.errors import Conflict
 from healthrelay.demo.build import build_demo_if_missing, planted_pairs_path
 from healthrelay.demo.residents import synthetic_residents
@@ -226,7 +227,7 @@ def test_building_again_changes_nothing(built: list[str], db: Session) -> None:
 
 def test_progress_reports_each_stage_with_counts_and_time(built: list[str]) -> None:
     stages = [line for line in built if line.startswith("[")]
-    assert len(stages) == 8 and stages[-1].startswith("[8/8]")
+    assert len(stages) == 9 and stages[-1].startswith("[9/9] referrals")
     assert all("s, total" in line for line in stages)
     assert any("(100%)" in line for line in built)
 
@@ -243,3 +244,16 @@ def test_a_failed_build_leaves_nothing_behind(database_url: str, db: Session) ->
     db.expire_all()
     assert _count(db, Alliance) == 0 and _count(db, Patient) == 0 and _count(db, Area) == 0
     assert _count(db, Organisation) == 1 and _count(db, User) == 1
+
+
+def test_the_demo_has_referral_history_and_an_open_county_board(built: list[str], db: Session) -> None:
+    from healthrelay.referrals.models import FollowUpTask, Referral, State
+
+    states = {s for s in db.execute(select(Referral.state)).scalars()}
+    assert {State.SENT, State.ACCEPTED, State.COMPLETED, State.DECLINED} <= states
+    months = {r.sent_at.strftime("%Y-%m") for r in db.execute(select(Referral)).scalars() if r.sent_at}
+    assert len(months) >= 5  # six months of history for the indicators
+    overdue = db.execute(select(func.count()).where(Referral.state == State.SENT,
+                                                    Referral.response_due_at < utcnow())).scalar_one()
+    assert overdue >= 2
+    assert db.execute(select(func.count()).where(FollowUpTask.done_at.is_(None))).scalar_one() >= 3

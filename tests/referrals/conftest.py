@@ -95,13 +95,13 @@ def sent_referral(db: Session, w: World, **changes: object) -> Referral:
 
 
 def move_due_into_past(db: Session, referral: Referral, minutes: int = 1) -> None:
-    """Time travel for deadlines: the referral and its pending escalation timers fall due now."""
+    """Time travel for deadlines: the referral and its pending escalation timers (not its expiry) fall due now."""
     from sqlalchemy import update
 
     from healthrelay.core.timers import Timer
 
     past = utcnow() - timedelta(minutes=minutes)
     referral.response_due_at = past
-    db.execute(update(Timer).where(Timer.dedupe_key.like(f"referral:{referral.id}:%"), Timer.fired_at.is_(None))
-               .values(due_at=past))
+    db.execute(update(Timer).where(Timer.dedupe_key.like(f"referral:{referral.id}:escalate:%"),
+                                   Timer.fired_at.is_(None)).values(due_at=past))
     db.commit()

@@ -51,8 +51,7 @@ def test_draft_gets_a_readable_number_and_sending_sets_the_deadline(db: Session,
 
 def test_deadlines_are_data_an_alliance_can_change(db: Session, world: World) -> None:
     seeded = {r.urgency: r.response_minutes for r in db.execute(select(ReferralDeadline)).scalars()}
-    if db.get_bind().dialect.name == "sqlite":  # on PostgreSQL the test harness truncates seeded rows
-        assert seeded == {"green_channel": 15, "urgent": 120, "routine": 1440}
+    assert seeded == {"green_channel": 15, "urgent": 120, "routine": 1440}
     db.merge(ReferralDeadline(urgency="routine", response_minutes=60))
     db.flush()
     before = utcnow()

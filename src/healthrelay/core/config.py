@@ -27,6 +27,18 @@ class Settings(BaseSettings):
     login_max_failures: int = 5
     login_lock_minutes: int = 15
     cookie_secure: bool = False
+    # Outbound notifications. Email is sent when smtp_host is set; SMS and WeChat messages wait in
+    # the outbox (status "held") until a gateway is configured.
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_from: str = "healthrelay@localhost"
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_starttls: bool = False
+    sms_gateway_url: str = ""
+    wechat_gateway_url: str = ""
+    # Referral attachments: what may be attached and how large (bytes).
+    attachment_max_bytes: int = 10 * 1024 * 1024
     # Tests and `healthrelay demo` may allow a faster password hash; never in production.
     fast_password_hash: bool = Field(default=False)
 

@@ -18,13 +18,14 @@ from typing import Any
 from sqlalchemy import JSON, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from healthrelay.accounts.models import Role
+from healthrelay.accounts.models import Role, User
 from healthrelay.accounts.service import create_user
 from healthrelay.audit import service as audit
 from healthrelay.core.db import utcnow
 from healthrelay.core.security import hash_password
 from healthrelay.demo import county
 from healthrelay.demo.logins import DEMO_PASSWORD, logins
+from healthrelay.demo.referrals import build_demo_referrals
 from healthrelay.demo.residents import REFERENCE_DATE, ResidentRecord, synthetic_residents
 from healthrelay.demo.staff import StaffPlan, plan_staff
 from healthrelay.directory.models import (
@@ -125,7 +126,7 @@ class _Ids:
 
 class _Builder:
     STAGES = ("areas", "specialties", "organisations", "alliances", "practitioners", "teams", "residents",
-              "accounts")
+              "accounts", "referrals")
 
     def __init__(self, db: Session, *, seed: int, residents: int, progress: Progress, duplicate_share: float) -> None:
         self.db = db
@@ -375,7 +376,15 @@ class _Builder:
                         organisation_id=self.ids.orgs[login.org_code] if login.org_code else None,
                         practitioner_id=practitioner_id, post_id=post_id, patient_id=patient_id,
                         hashed_password=hashed)
+        # Addresses for the email channel (held in the outbox until an SMTP server is configured).
+        self.db.execute(update(User).where(User.role != Role.PATIENT)
+                        .values(email=User.username + "@qingxi.example"))
         return f"{len(logins())} demo logins, password {DEMO_PASSWORD}"
+
+    def _build_referrals(self) -> str:
+        made = build_demo_referrals(self.db, seed=self.seed)
+        self.counts.update(made)
+        return f"{made['referrals']} referrals over six months, {made['open']} open on the county board"
 
     def _resident_for_login(self, village_code: str) -> ResidentRecord:
         """An adult with an ID and a phone in that village (else the township, else anyone)."""

@@ -3,24 +3,33 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 
+from healthrelay.core.config import get_settings
 from healthrelay.core.deps import CurrentUser, DbSession, client_address
-from healthrelay.referrals import service
+from healthrelay.core.errors import InvalidInput, field_error
+from healthrelay.referrals import icd10, service
 from healthrelay.referrals.models import Direction, Referral, State
 from healthrelay.referrals.schemas import (
     AcceptIn,
+    AttachmentOut,
     CompleteIn,
     DeclineIn,
     DownReferralCreate,
+    EscalationOut,
+    FollowUpDoneIn,
     FollowUpTaskOut,
+    Icd10Out,
     ReasonIn,
     RedirectIn,
     ReferralCreate,
     ReferralDetail,
+    ReferralFull,
     ReferralOut,
     SendBackUpIn,
+    TargetSuggestionOut,
 )
 
 router = APIRouter(prefix="/referrals", tags=["referrals"])
@@ -70,9 +79,63 @@ def send_down(body: DownReferralCreate, request: Request, db: DbSession, user: C
     return _detail(service.send_down(db, by=user, data=data, client_address=client_address(request)))
 
 
-@router.get("/{referral_id}", response_model=ReferralDetail)
-def get(referral_id: int, request: Request, db: DbSession, user: CurrentUser) -> ReferralDetail:
-    return _detail(service.get_for(db, user=user, referral_id=referral_id, client_address=client_address(request)))
+@router.get("/icd10", response_model=list[Icd10Out])
+def icd10_search(q: Annotated[str, Query(min_length=1, max_length=40)], user: CurrentUser,
+                 limit: Annotated[int, Query(ge=1, le=50)] = 10) -> list[Icd10Out]:
+    """Diagnosis codes by code, Chinese name, pinyin initials (gxy = 高血压) or English words."""
+    return [Icd10Out(code=e.code, name_zh=e.name_zh, name_en=e.name_en) for e in icd10.search(q, limit)]
+
+
+@router.get("/suggested-targets", response_model=list[TargetSuggestionOut])
+def suggested_targets(patient_id: int, request: Request, db: DbSession, user: CurrentUser,
+                      specialty_id: int | None = None, capability: str | None = None) -> list[TargetSuggestionOut]:
+    """Where this patient could go: alliance hospitals with the specialty, county before province, nearest first."""
+    rows = service.suggest_targets(db, user=user, patient_id=patient_id, specialty_id=specialty_id,
+                                   capability=capability)
+    return [TargetSuggestionOut(organisation_id=s.organisation.id, organisation_name=s.organisation.name,
+                                level=str(s.organisation.level), distance_km=s.distance_km,
+                                departments=s.departments, reasons=s.reasons) for s in rows]
+
+
+@router.post("/follow-up-tasks/{task_id}/done", response_model=FollowUpTaskOut)
+def follow_up_done(task_id: int, body: FollowUpDoneIn, request: Request, db: DbSession,
+                   user: CurrentUser) -> FollowUpTaskOut:
+    task = service.complete_follow_up(db, by=user, task_id=task_id, note=body.note,
+                                      client_address=client_address(request))
+    return FollowUpTaskOut.model_validate(task)
+
+
+@router.get("/attachments/{attachment_id}")
+def download_attachment(attachment_id: int, request: Request, db: DbSession, user: CurrentUser) -> Response:
+    row, content = service.read_attachment(db, user=user, attachment_id=attachment_id,
+                                           client_address=client_address(request))
+    return Response(content, media_type=row.content_type, headers={
+        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(row.filename)}",
+        "X-Content-Type-Options": "nosniff"})
+
+
+@router.get("/{referral_id}", response_model=ReferralFull)
+def get(referral_id: int, request: Request, db: DbSession, user: CurrentUser) -> ReferralFull:
+    referral = service.get_for(db, user=user, referral_id=referral_id, client_address=client_address(request))
+    return ReferralFull.model_validate(referral).model_copy(update={
+        "overdue": service.is_overdue(referral),
+        "attachments": [AttachmentOut.model_validate(a) for a in service.attachments_of(db, referral)],
+        "escalations": [EscalationOut.model_validate(e) for e in service.escalations_of(db, referral)]})
+
+
+@router.post("/{referral_id}/attachments", response_model=AttachmentOut, status_code=status.HTTP_201_CREATED)
+async def attach(referral_id: int, request: Request, db: DbSession, user: CurrentUser,
+                 file: Annotated[UploadFile, File()], description: Annotated[str, Form(max_length=200)] = ""
+                 ) -> AttachmentOut:
+    """A result or document (PDF, JPEG, PNG, WebP, DICOM) up to the configured size."""
+    limit = get_settings().attachment_max_bytes
+    content = await file.read(limit + 1)
+    if len(content) > limit:
+        raise InvalidInput(f"文件超过 {limit // (1024 * 1024)} MB 上限 / file is over the "
+                           f"{limit // (1024 * 1024)} MB limit", field_errors=[field_error("file", "too large")])
+    row = service.add_attachment(db, by=user, referral_id=referral_id, filename=file.filename or "",
+                                 content=content, description=description, client_address=client_address(request))
+    return AttachmentOut.model_validate(row)
 
 
 @router.post("/{referral_id}/send", response_model=ReferralDetail)

@@ -1,4 +1,4 @@
-"""Background work of referrals: escalating unanswered referrals when their deadline passes."""
+"""Background work of referrals: escalating unanswered referrals when their deadline passes, and expiring them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from healthrelay.audit import service as audit
 from healthrelay.core import timers
 from healthrelay.core.db import utcnow
 from healthrelay.directory.models import Department
-from healthrelay.referrals import service
+from healthrelay.referrals import announce, service
 from healthrelay.referrals.models import Referral, ReferralEscalation
 
 
@@ -64,3 +64,13 @@ def escalate(db: Session, payload: dict[str, Any]) -> None:
     audit.record(db, actor=audit.Actor(username="system"), action=f"referral.escalate.{level}",
                  patient_id=referral.patient_id, resource=f"referral:{referral.id}",
                  detail={"level": level, "round": round_, "notified_user_ids": row.notified_user_ids})
+    announce.escalation(db, referral=referral, level=level, user_ids=row.notified_user_ids)
+
+
+@timers.handler(service.EXPIRE_KIND)
+def expire(db: Session, payload: dict[str, Any]) -> None:
+    """Still unanswered in the same round at the expiry time: the referral expires and the sender hears."""
+    referral = db.get(Referral, int(payload["referral_id"]))
+    if referral is None or referral.state not in service.AWAITING_ANSWER or referral.round != int(payload["round"]):
+        return
+    service.expire(db, referral_id=referral.id)

@@ -6,7 +6,7 @@ import enum
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Date, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Date, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from healthrelay.core.db import Base, UTCDateTime, utcnow
@@ -43,6 +43,17 @@ class Referral(Base):
         Index("ix_referrals_to_org_state_due", "to_organisation_id", "state", "response_due_at"),
         Index("ix_referrals_to_dept_state_due", "to_department_id", "state", "response_due_at"),
         Index("ix_referrals_from_org_state", "from_organisation_id", "state"),
+        # Referral indicators (referrals/kpi.py): the period's referrals read from the index alone on
+        # PostgreSQL, and the lead-hospital discharges with their down referrals (migration 0006).
+        Index("ix_referrals_sent_kpi", "sent_at", postgresql_include=[
+            "id", "direction", "urgency", "state", "from_organisation_id", "to_organisation_id", "answered_at",
+            "response_due_at", "closed_at", "round"]),
+        Index("ix_referrals_up_completed_closed", "closed_at", postgresql_include=["id", "to_organisation_id"],
+              postgresql_where=text("direction = 'up' AND state = 'completed'"),
+              sqlite_where=text("direction = 'up' AND state = 'completed'")),
+        Index("ix_referrals_down_parent", "parent_referral_id", postgresql_include=["from_organisation_id"],
+              postgresql_where=text("direction = 'down' AND sent_at IS NOT NULL"),
+              sqlite_where=text("direction = 'down' AND sent_at IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -163,6 +163,67 @@ class ReferralDetail(ReferralOut):
     transitions: list[TransitionOut]
 
 
+class AttachmentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    referral_id: int
+    filename: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+    description: str
+    uploaded_by_user_id: int
+    uploaded_at: datetime
+
+
+class EscalationOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    round: int
+    level: int
+    at: datetime
+    notified_organisation_id: int | None
+    notified_department_id: int | None
+    notified_user_ids: list[int]
+
+
+class ReferralFull(ReferralDetail):
+    """The detail plus what lives in other tables: attachments and escalations."""
+
+    attachments: list[AttachmentOut] = []
+    escalations: list[EscalationOut] = []
+
+
+class DepartmentRef(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    specialty_id: int | None
+
+
+class TargetSuggestionOut(BaseModel):
+    organisation_id: int
+    organisation_name: str
+    level: str
+    distance_km: float | None
+    departments: list[DepartmentRef]
+    reasons: list[str]
+
+
+class Icd10Out(BaseModel):
+    code: str
+    name_zh: str
+    name_en: str
+
+
+class FollowUpDoneIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    note: str = Field(default="", max_length=1000)
+
+
 class FollowUpTaskOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import re
+import hashlib
+import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import filetype
 from sqlalchemy import case, exists, select, update
 from sqlalchemy.orm import Session, aliased
 
@@ -16,24 +20,30 @@ from healthrelay.access import service as access
 from healthrelay.accounts.models import Role, User
 from healthrelay.audit import service as audit
 from healthrelay.core import timers
+from healthrelay.core.config import get_settings
 from healthrelay.core.db import utcnow
 from healthrelay.core.errors import AccessDenied, Conflict, InvalidInput, NotFound, field_error
 from healthrelay.directory.models import AllianceMembership, Department, Organisation, Specialty, Team
+from healthrelay.directory.service import great_circle_km
+from healthrelay.referrals import announce, icd10
 from healthrelay.referrals.models import (
     Direction,
     FollowUpTask,
     Referral,
+    ReferralAttachment,
     ReferralDeadline,
+    ReferralEscalation,
     ReferralTransition,
     State,
     Urgency,
 )
 
-ICD10_RE = re.compile(r"^[A-Z][0-9]{2}(\.[0-9A-Z]{1,4})?$")
 CONSENT_KINDS = frozenset({"written", "verbal", "guardian"})
 DEFAULT_DEADLINE_MINUTES = {Urgency.GREEN_CHANNEL: 15, Urgency.URGENT: 120, Urgency.ROUTINE: 1440}
 CARE_RELATIONSHIP_DAYS_AFTER = 30
 ESCALATE_KIND = "referral.escalate"
+EXPIRE_KIND = "referral.expire"
+DEFAULT_EXPIRE_MINUTES = {Urgency.GREEN_CHANNEL: 120, Urgency.URGENT: 720, Urgency.ROUTINE: 4320}
 _SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 # The whole state machine: (from, to) pairs that may happen. Nothing else changes `state`.
@@ -89,6 +99,11 @@ def deadline_minutes(db: Session, urgency: Urgency) -> int:
     return row.response_minutes if row is not None else DEFAULT_DEADLINE_MINUTES[urgency]
 
 
+def expire_minutes(db: Session, urgency: Urgency) -> int:
+    row = db.get(ReferralDeadline, str(urgency))
+    return row.expire_minutes if row is not None else DEFAULT_EXPIRE_MINUTES[urgency]
+
+
 def _shares_alliance(db: Session, org_a: int, org_b: int) -> bool:
     other = aliased(AllianceMembership)
     return bool(db.execute(select(exists().where(
@@ -126,9 +141,14 @@ def _validate(db: Session, *, by: User, data: ReferralInput, direction: Directio
             errors.append(field_error("to_team_id", "该机构没有此团队 / unknown team at that organisation"))
     if data.wanted_specialty_id is not None and db.get(Specialty, data.wanted_specialty_id) is None:
         errors.append(field_error("wanted_specialty_id", "未知专科 / unknown specialty"))
-    if data.diagnosis_code and not ICD10_RE.match(data.diagnosis_code):
-        errors.append(field_error("diagnosis_code",
-                                  "不是有效的 ICD-10 编码（如 I21.9）/ not an ICD-10 code (e.g. I21.9)"))
+    if data.diagnosis_code:
+        entry = icd10.describe(data.diagnosis_code)
+        if entry is None:
+            errors.append(field_error("diagnosis_code", f"未知的 ICD-10 编码“{data.diagnosis_code}”（如 I21.9）/ "
+                                      f"unknown ICD-10 code {data.diagnosis_code!r} (e.g. I21.9)"))
+        else:
+            data.diagnosis_code = entry.code
+            data.diagnosis_text = data.diagnosis_text or entry.name_zh or entry.name_en
     if data.consent_kind is not None and data.consent_kind not in CONSENT_KINDS:
         errors.append(field_error("consent_kind", "知情同意方式须为 written/verbal/guardian / unknown consent kind"))
     if direction == Direction.DOWN:
@@ -205,6 +225,7 @@ def transition(db: Session, *, referral: Referral, to: State, by: User | None, r
                  detail={"from": str(current), "to": str(to)})
     db.flush()
     db.expire(referral, ["transitions"])
+    announce.transition(db, referral=referral, from_state=current, by=by)
     return referral
 
 
@@ -224,6 +245,20 @@ def _schedule_escalation(db: Session, referral: Referral, *, level: int, due_at:
 def _cancel_escalations(db: Session, referral: Referral, *, round_: int) -> None:
     for level in (1, 2):
         timers.cancel(db, dedupe_key=escalation_key(referral, level, round_))
+    timers.cancel(db, dedupe_key=expiry_key(referral, round_))
+
+
+def expiry_key(referral: Referral | int, round_: int = 0) -> str:
+    rid = referral if isinstance(referral, int) else referral.id
+    return f"referral:{rid}:expire" + (f":r{round_}" if round_ else "")
+
+
+def _start_clocks(db: Session, referral: Referral, due: datetime) -> None:
+    """Arm the escalation at the answer deadline and the expiry after it, for this answering round."""
+    _schedule_escalation(db, referral, level=1, due_at=due)
+    timers.schedule(db, kind=EXPIRE_KIND, due_at=utcnow() + timedelta(minutes=expire_minutes(db, referral.urgency)),
+                    payload={"referral_id": referral.id, "round": referral.round},
+                    dedupe_key=expiry_key(referral, referral.round))
 
 
 def _start_answer_clock(db: Session, referral: Referral) -> datetime:
@@ -265,6 +300,25 @@ def _require_party(referral: Referral, user: User, *, side: str) -> None:
         raise AccessDenied(f"只有{who}机构的人员可以执行此操作 / only staff of the {side} organisation may do this")
 
 
+def record_consent(db: Session, *, by: User, referral_id: int, consent_kind: str,
+                   client_address: str = "") -> Referral:
+    """Consent taken after the draft was saved (the patient or guardian agreed later), by the sender's staff."""
+    referral = _load(db, referral_id)
+    _require_party(referral, by, side="from")
+    if referral.state != State.DRAFT:
+        raise Conflict("只有草稿可以补录知情同意 / consent is recorded on drafts only", code="invalid_transition")
+    if consent_kind not in CONSENT_KINDS:
+        raise InvalidInput("知情同意方式须为 written/verbal/guardian / unknown consent kind",
+                           field_errors=[field_error("consent_kind", "written, verbal or guardian")])
+    referral.consent_kind = consent_kind
+    referral.consent_recorded_by_user_id = by.id
+    referral.consent_at = utcnow()
+    db.flush()
+    audit.record(db, actor=_actor(by, client_address), action="referral.consent", patient_id=referral.patient_id,
+                 resource=f"referral:{referral.id}", detail={"consent_kind": consent_kind})
+    return referral
+
+
 def send(db: Session, *, by: User, referral_id: int, client_address: str = "") -> Referral:
     referral = _load(db, referral_id)
     _require_party(referral, by, side="from")
@@ -274,7 +328,7 @@ def send(db: Session, *, by: User, referral_id: int, client_address: str = "") -
     due = _start_answer_clock(db, referral)
     transition(db, referral=referral, to=State.SENT, by=by, values={"sent_at": utcnow(), "response_due_at": due},
                client_address=client_address)
-    _schedule_escalation(db, referral, level=1, due_at=due)
+    _start_clocks(db, referral, due)
     return referral
 
 
@@ -333,7 +387,7 @@ def redirect(db: Session, *, by: User, referral_id: int, to_organisation_id: int
                        "round": referral.round + 1, "response_due_at": due},
                detail={"from_organisation_id": referral.to_organisation_id,
                        "to_organisation_id": to_organisation_id, "to_department_id": to_department_id})
-    _schedule_escalation(db, referral, level=1, due_at=due)
+    _start_clocks(db, referral, due)
     return referral
 
 
@@ -361,8 +415,8 @@ def cancel(db: Session, *, by: User, referral_id: int, reason: str, client_addre
                       client_address=client_address)
 
 
-def expire(db: Session, *, referral_id: int, reason: str = "no answer") -> Referral:
-    """The system gives up on an unanswered referral (no user)."""
+def expire(db: Session, *, referral_id: int, reason: str = "无人答复 / no answer") -> Referral:
+    """The system gives up on an unanswered referral (no user); the sender is told to refer elsewhere."""
     return transition(db, referral=_load(db, referral_id), to=State.EXPIRED, by=None, reason=reason)
 
 
@@ -447,8 +501,9 @@ def get_for(db: Session, *, user: User, referral_id: int, client_address: str = 
     return referral
 
 
-def worklist(db: Session, *, user: User, direction: Direction | None = None, state: State | None = None,
-             to_organisation_id: int | None = None, to_department_id: int | None = None, limit: int = 100,
+def worklist(db: Session, *, user: User, direction: Direction | None = None,
+             state: State | Sequence[State] | None = None, to_organisation_id: int | None = None,
+             to_department_id: int | None = None, from_organisation_id: int | None = None, limit: int = 100,
              client_address: str = "") -> list[Referral]:
     """Referrals to or from the user's organisation (everything for alliance admins), overdue first."""
     q = select(Referral)
@@ -459,12 +514,16 @@ def worklist(db: Session, *, user: User, direction: Direction | None = None, sta
                     | (Referral.from_organisation_id == user.organisation_id))
     if direction is not None:
         q = q.where(Referral.direction == direction)
-    if state is not None:
+    if isinstance(state, State):
         q = q.where(Referral.state == state)
+    elif state is not None:
+        q = q.where(Referral.state.in_(list(state)))
     if to_organisation_id is not None:
         q = q.where(Referral.to_organisation_id == to_organisation_id)
     if to_department_id is not None:
         q = q.where(Referral.to_department_id == to_department_id)
+    if from_organisation_id is not None:
+        q = q.where(Referral.from_organisation_id == from_organisation_id)
     overdue = case((Referral.state.in_(AWAITING_ANSWER) & (Referral.response_due_at < utcnow()), 0), else_=1)
     # Same order on both databases: drafts (no deadline) after everything with one.
     order = (overdue, Referral.response_due_at.is_(None), Referral.response_due_at, Referral.id.desc())
@@ -472,6 +531,16 @@ def worklist(db: Session, *, user: User, direction: Direction | None = None, sta
     audit.record(db, actor=_actor(user, client_address), action="referral.list",
                  detail={"count": len(rows), "referral_ids": [r.id for r in rows][:100]})
     return rows
+
+
+def referrals_of_patient(db: Session, *, user: User, patient_id: int, client_address: str = "") -> list[Referral]:
+    """The patient's whole referral history, oldest first; other organisations' unsent drafts stay private."""
+    patient = access.resolve_patient(db, patient_id)
+    access.require_patient_access(db, user=user, patient_id=patient.id, action="referral.timeline",
+                                  client_address=client_address)
+    q = select(Referral).where(Referral.patient_id == patient.id)
+    q = q.where((Referral.state != State.DRAFT) | (Referral.from_organisation_id == user.organisation_id))
+    return list(db.execute(q.order_by(Referral.created_at, Referral.id)).scalars())
 
 
 def follow_up_tasks(db: Session, *, user: User, organisation_id: int, open_only: bool = True,
@@ -510,3 +579,166 @@ def _party_to_referral(db: Session, user: User, patient_id: int) -> str | None:
     ))).scalar()
     return "referral" if found else None
 
+
+
+# --- attachments ---------------------------------------------------------------------------------
+
+# What may be attached: results and documents a township can produce. Checked by content, not by name.
+ATTACHMENT_TYPES = {
+    "application/pdf": "PDF", "image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WebP",
+    "application/dicom": "DICOM",
+}
+
+
+def _sniff(content: bytes) -> str | None:
+    if len(content) > 132 and content[128:132] == b"DICM":
+        return "application/dicom"
+    kind = filetype.guess(content)
+    return kind.mime if kind is not None else None
+
+
+def _attachment_path(sha256: str) -> Path:
+    return get_settings().data_dir / "attachments" / sha256[:2] / sha256
+
+
+def add_attachment(db: Session, *, by: User, referral_id: int, filename: str, content: bytes,
+                   description: str = "", client_address: str = "") -> ReferralAttachment:
+    """Keep a result or document with the referral; the file is fsync'd before the row is written."""
+    referral = _load(db, referral_id)
+    if by.organisation_id not in (referral.from_organisation_id, referral.to_organisation_id):
+        raise AccessDenied("只有转诊双方可以添加附件 / only the two ends of a referral may attach files")
+    if referral.state in CLOSED:
+        raise Conflict(f"转诊单已结束（{referral.state}），不能再添加附件 / the referral is closed",
+                       code="referral_closed")
+    limit = get_settings().attachment_max_bytes
+    name = Path(filename or "").name.strip()[:200]
+    mime = _sniff(content) if content else None
+    errors = []
+    if not name:
+        errors.append(field_error("file", "缺少文件名 / the file has no name"))
+    if not content:
+        errors.append(field_error("file", "文件是空的 / the file is empty"))
+    elif len(content) > limit:
+        errors.append(field_error("file", f"文件超过 {limit // (1024 * 1024)} MB 上限 / file is over the "
+                                  f"{limit // (1024 * 1024)} MB limit"))
+    elif mime not in ATTACHMENT_TYPES:
+        allowed = "、".join(ATTACHMENT_TYPES.values())
+        errors.append(field_error("file", f"不支持的文件类型（仅限 {allowed}）/ file type not allowed "
+                                  f"(only {', '.join(ATTACHMENT_TYPES.values())})"))
+    if errors:
+        raise InvalidInput(f"附件“{name}”无法接收 / attachment {name!r} refused: " + errors[0]["message"],
+                           field_errors=errors)
+    digest = hashlib.sha256(content).hexdigest()
+    path = _attachment_path(digest)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    row = ReferralAttachment(referral_id=referral.id, filename=name, content_type=str(mime),
+                             size_bytes=len(content), sha256=digest, description=description.strip()[:200],
+                             uploaded_by_user_id=by.id, uploaded_at=utcnow())
+    db.add(row)
+    db.flush()
+    audit.record(db, actor=_actor(by, client_address), action="referral.attach", patient_id=referral.patient_id,
+                 resource=f"referral:{referral.id}", detail={"attachment_id": row.id, "size": len(content)})
+    return row
+
+
+def read_attachment(db: Session, *, user: User, attachment_id: int,
+                    client_address: str = "") -> tuple[ReferralAttachment, bytes]:
+    row = db.get(ReferralAttachment, attachment_id)
+    if row is None:
+        raise NotFound(f"没有编号为 {attachment_id} 的附件 / no attachment {attachment_id}")
+    get_for(db, user=user, referral_id=row.referral_id, client_address=client_address)
+    path = _attachment_path(row.sha256)
+    if not path.exists():
+        raise NotFound("附件文件已丢失，请联系管理员 / the attachment's file is missing; tell an administrator")
+    return row, path.read_bytes()
+
+
+def attachments_of(db: Session, referral: Referral) -> list[ReferralAttachment]:
+    return list(db.execute(select(ReferralAttachment).where(ReferralAttachment.referral_id == referral.id)
+                           .order_by(ReferralAttachment.id)).scalars())
+
+
+def escalations_of(db: Session, referral: Referral) -> list[ReferralEscalation]:
+    return list(db.execute(select(ReferralEscalation).where(ReferralEscalation.referral_id == referral.id)
+                           .order_by(ReferralEscalation.round, ReferralEscalation.level)).scalars())
+
+
+# --- suggested targets ---------------------------------------------------------------------------
+
+@dataclass
+class TargetSuggestion:
+    organisation: Organisation
+    departments: list[Department]
+    distance_km: float | None
+    reasons: list[str]
+
+
+_LEVEL_RANK = {"secondary": 0, "tertiary": 1, "provincial": 2}
+
+
+def suggest_targets(db: Session, *, user: User, patient_id: int, specialty_id: int | None = None,
+                    capability: str | None = None, limit: int = 6) -> list[TargetSuggestion]:
+    """Hospitals of the sender's alliances that can take the patient: right department first, then nearest.
+
+    County (secondary) hospitals come before tertiary and provincial ones at equal fit, because
+    基层首诊 means the county is the next step up and the province the one after.
+    """
+    if user.organisation_id is None:
+        raise AccessDenied("只有机构人员可以转诊 / only staff of an organisation may refer")
+    access.require_patient_access(db, user=user, patient_id=patient_id, action="referral.suggest")
+    sender = db.get(Organisation, user.organisation_id)
+    other = aliased(AllianceMembership)
+    candidates = db.execute(
+        select(Organisation).distinct().join(other, other.organisation_id == Organisation.id)
+        .join(AllianceMembership, AllianceMembership.alliance_id == other.alliance_id)
+        .where(AllianceMembership.organisation_id == user.organisation_id, Organisation.id != user.organisation_id,
+               Organisation.level.in_(list(_LEVEL_RANK)))).scalars().all()
+    out: list[tuple[tuple[Any, ...], TargetSuggestion]] = []
+    for org in candidates:
+        depts = [d for d in org.departments if specialty_id is None or d.specialty_id == specialty_id]
+        caps = {str(c.capability) for c in org.capabilities}
+        reasons: list[str] = []
+        if specialty_id is not None:
+            if not depts:
+                continue
+            reasons.append("有对应专科 / has the specialty")
+        if capability is not None:
+            if capability not in caps:
+                continue
+            reasons.append(f"具备 {capability} / offers {capability}")
+        distance = None
+        if sender is not None and None not in (sender.latitude, sender.longitude, org.latitude, org.longitude):
+            distance = round(great_circle_km(sender.latitude, sender.longitude,  # type: ignore[arg-type]
+                                             org.latitude, org.longitude), 1)  # type: ignore[arg-type]
+            reasons.append(f"距离 {distance} km / {distance} km away")
+        key = (_LEVEL_RANK.get(str(org.level), 9), distance if distance is not None else 1e9, org.id)
+        out.append((key, TargetSuggestion(organisation=org, departments=depts, distance_km=distance,
+                                          reasons=reasons)))
+    return [s for _, s in sorted(out, key=lambda pair: pair[0])[:limit]]
+
+
+# --- follow-up tasks -----------------------------------------------------------------------------
+
+def complete_follow_up(db: Session, *, by: User, task_id: int, note: str = "",
+                       client_address: str = "") -> FollowUpTask:
+    task = db.get(FollowUpTask, task_id)
+    if task is None:
+        raise NotFound(f"没有编号为 {task_id} 的随访任务 / no follow-up task {task_id}")
+    if by.organisation_id != task.organisation_id:
+        raise AccessDenied("只能完成本机构的随访任务 / only the receiving organisation completes its tasks")
+    if task.done_at is not None:
+        raise Conflict("该随访任务已完成 / this follow-up task is already done", code="already_done")
+    task.done_at = utcnow()
+    if note.strip():
+        task.note = (task.note + "\n" if task.note else "") + note.strip()
+    db.flush()
+    audit.record(db, actor=_actor(by, client_address), action="referral.follow_up_done", patient_id=task.patient_id,
+                 resource=f"referral:{task.referral_id}", detail={"task_id": task.id})
+    return task

@@ -10,9 +10,14 @@ ALL_STAFF = frozenset(r for r in Role if r != Role.PATIENT)
 CLINICAL = frozenset({Role.CLINICIAN, Role.REMOTE_READER, Role.DISPATCHER, Role.PHARMACIST,
                       Role.ORG_ADMIN, Role.ALLIANCE_ADMIN})
 ADMINS = frozenset({Role.ALLIANCE_ADMIN, Role.ORG_ADMIN})
+REPORTING = ADMINS | {Role.HEALTH_BUREAU}
 
 MENU: list[tuple[str, str, frozenset[Role]]] = [
     ("nav.home", "/", frozenset(Role)),
+    ("nav.inbox", "/inbox", frozenset(Role)),
+    ("nav.referrals", "/referrals", CLINICAL),
+    ("nav.follow_ups", "/referrals/follow-ups", CLINICAL),
+    ("nav.referral_kpi", "/referrals/kpi", REPORTING),
     ("nav.patients", "/patients", CLINICAL),
     ("nav.directory", "/directory", ALL_STAFF),
     ("nav.map", "/directory/map", ALL_STAFF),
@@ -20,6 +25,7 @@ MENU: list[tuple[str, str, frozenset[Role]]] = [
     ("nav.break_glass_review", "/admin/break-glass", ADMINS),
     ("nav.users", "/admin/users", ADMINS),
     ("nav.audit", "/admin/audit", ADMINS),
+    ("nav.outbox", "/admin/outbox", ADMINS),
 ]
 
 
