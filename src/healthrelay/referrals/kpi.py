@@ -1,15 +1,17 @@
 """Referral indicators (双向转诊指标) for the alliance, its members and the health bureau.
 
 Aggregates only: no query here reads a patient column, so the health bureau may see every figure.
-The heavy lifting is three GROUP BY queries over the referrals sent in the chosen months (and, for
-the discharge share, the up referrals completed in them); Python only adds the groups up. On
-PostgreSQL the percentiles are `percentile_cont` in the same database round trip; SQLite has no
-ordered-set aggregates, so there the answered referrals' response times (one float per row of the
-range) are read and interpolated the same way in Python.
+Three statements do the work: a GROUP BY over the referrals sent in the chosen months, the response
+time percentiles over the answered ones (`percentile_cont` on PostgreSQL; SQLite has no ordered-set
+aggregates, so there one float per answered referral is read and interpolated the same way in
+Python), and the lead-hospital discharges completed in those months. On PostgreSQL the last two
+run on connections of their own alongside the first, and all three read indexes only (migration
+0006: `ix_referrals_sent_kpi` covers the first two); Python only adds the groups up.
+bench/referrals.py measures it at 1,000,000 referrals.
 
 Months are calendar months in Asia/Shanghai. Shanghai has kept UTC+8 without daylight saving
-since 1991, so on SQLite the month is taken from the UTC time plus eight hours; PostgreSQL uses
-the named zone.
+since 1991, so on SQLite the month is taken from the UTC time plus eight hours; PostgreSQL compares
+with the UTC instants at which the Shanghai months begin.
 """
 
 from __future__ import annotations
@@ -17,14 +19,17 @@ from __future__ import annotations
 import calendar
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import DateTime, Float, String, case, exists, func, literal, select, text, type_coerce
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -39,6 +44,7 @@ MAX_MONTHS = 36
 READERS = frozenset({Role.ALLIANCE_ADMIN, Role.ORG_ADMIN, Role.HEALTH_BUREAU})
 SEE_ALL = frozenset({Role.ALLIANCE_ADMIN, Role.HEALTH_BUREAU})
 QUANTILES = (0.5, 0.9)
+T = TypeVar("T")
 
 
 # --- the report ----------------------------------------------------------------------------------
@@ -61,12 +67,6 @@ class Answering:
     accepted: int = 0
     due: int = 0  # answered, or left unanswered past the deadline
     on_time: int = 0
-
-    def add(self, other: Answering) -> None:
-        self.answered += other.answered
-        self.accepted += other.accepted
-        self.due += other.due
-        self.on_time += other.on_time
 
     @property
     def acceptance_rate(self) -> float | None:
@@ -361,20 +361,59 @@ def compute(db: Session, *, user: User, start: date, end: date, organisation_id:
     report = KpiReport(start=start, end=end, organisation_id=scope_id, organisation_name=org.name if org else "",
                        generated_at=now, months=list(months.values()),
                        has_lead=scope_id is None or scope_id in leads)
-    # 1. Counts and answering, grouped finely enough to add up along every dimension we show.
-    rows = _tally(db, report, months, keys, sent_in_range, now=now, leads=leads)
-
-    # 2. Response-time percentiles: overall and per urgency.
-    report.response, per_urgency = _response_times(db, sent_in_range)
-    report.response_by_urgency = {str(u): per_urgency.get(str(u), ResponseTime()) for u in Urgency}
-
-    # 3. Lead-hospital discharges (completed up referrals) and how many were sent down.
+    # 2. Response-time percentiles and 3. lead-hospital discharges run on connections of their own
+    # while 1. counts and answering (grouped finely enough to add up along every dimension shown)
+    # run here.
+    side: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [(_response_times, (sent_in_range,))]
     if report.has_lead and leads:
-        _discharges(db, months, report, keys, lo=lo, hi=hi, leads=leads if scope_id is None else {scope_id})
+        side.append((_discharges, (keys, lo, hi, sorted(leads) if scope_id is None else [scope_id])))
+    with _alongside(db, *side) as results:
+        rows = _tally(db, report, months, keys, sent_in_range, now=now, leads=leads)
+    report.response, per_urgency = results[0].result()
+    report.response_by_urgency = {str(u): per_urgency.get(str(u), ResponseTime()) for u in Urgency}
+    for key, (completed, sent_down) in (results[1].result() if len(results) > 1 else {}).items():
+        report.lead_up_completed += completed
+        report.lead_sent_down += sent_down
+        months[key].lead_up_completed, months[key].lead_sent_down = completed, sent_down
 
     _name_rows(db, rows, scope_id, keys)
     report.organisations = _ordered(rows.values())
     return report
+
+
+class _Later(Generic[T]):
+    """The same interface as a Future, computed on the caller's session when asked."""
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        self._fn = fn
+
+    def result(self) -> T:
+        return self._fn()
+
+
+@contextmanager
+def _alongside(db: Session, *calls: tuple[Callable[..., Any], tuple[Any, ...]]
+               ) -> Iterator[list[Future[Any] | _Later[Any]]]:
+    """Run each `fn(session, *args)` on a PostgreSQL connection of its own while the block runs.
+
+    The percentiles are ordered-set aggregates, which PostgreSQL never splits across parallel
+    workers, and the GROUP BY beside them is planned serially too; on two cores the statements
+    together take about as long as the slowest instead of their sum (bench/referrals.py). The other
+    connections see committed data only, which is all a page view has. SQLite, or a session bound
+    to one connection, runs them on the caller's session afterwards instead.
+    """
+    bind = db.get_bind()
+    if bind.dialect.name != "postgresql" or not isinstance(bind, Engine):
+        yield [_Later(lambda fn=fn, args=args: fn(db, *args)) for fn, args in calls]
+        return
+
+    def run(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        with Session(bind=bind) as side:
+            _tune(side)
+            return fn(side, *args)
+
+    with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="kpi") as pool:  # leaving waits
+        yield [pool.submit(run, fn, args) for fn, args in calls]
 
 
 def _tally(db: Session, report: KpiReport, months: dict[str, MonthRow], keys: list[str],
@@ -484,26 +523,20 @@ def _response_times(db: Session, sent_in_range: list[ColumnElement[bool]]
     return summarise(values), {u: summarise(by_urgency[u]) for u in urgencies}
 
 
-def _discharges(db: Session, months: dict[str, MonthRow], report: KpiReport, keys: list[str], *, lo: datetime,
-                hi: datetime, leads: Iterable[int]) -> None:
+def _discharges(db: Session, keys: list[str], lo: datetime, hi: datetime, leads: list[int]
+                ) -> dict[str, tuple[int, int]]:
+    """Per month: up referrals completed at a lead hospital, and how many of them it sent down."""
     down = aliased(Referral)
     sent_down = exists().where(down.parent_referral_id == Referral.id, down.direction == Direction.DOWN,
                                down.from_organisation_id == Referral.to_organisation_id,
                                down.sent_at.is_not(None))
     bucket, month_of = _month_bucket(db, Referral.closed_at, keys)
     month = bucket.label("month")
-    stmt = (select(month, func.count().label("n"), _flag(sent_down).label("down"))
+    stmt = (select(month, func.count(), _flag(sent_down))
             .where(Referral.state == State.COMPLETED, Referral.direction == Direction.UP,
-                   Referral.closed_at >= lo, Referral.closed_at < hi,
-                   Referral.to_organisation_id.in_(sorted(leads)))
+                   Referral.closed_at >= lo, Referral.closed_at < hi, Referral.to_organisation_id.in_(leads))
             .group_by(month))
-    for r in db.execute(stmt):
-        report.lead_up_completed += r.n
-        report.lead_sent_down += int(r.down or 0)
-        m = months.get(month_of.get(r.month, ""))
-        if m is not None:
-            m.lead_up_completed += r.n
-            m.lead_sent_down += int(r.down or 0)
+    return {month_of[value]: (n, int(sent or 0)) for value, n, sent in db.execute(stmt) if value in month_of}
 
 
 def _name_rows(db: Session, rows: dict[int, OrgRow], scope_id: int | None, keys: list[str]) -> None:
