@@ -11,7 +11,7 @@ from healthrelay.core.config import get_settings
 from healthrelay.core.deps import CurrentUser, DbSession, client_address
 from healthrelay.core.errors import InvalidInput, field_error
 from healthrelay.referrals import icd10, service
-from healthrelay.referrals.models import Direction, Referral, State
+from healthrelay.referrals.models import Direction, Referral, ReferralAttachment, State
 from healthrelay.referrals.schemas import (
     AcceptIn,
     AttachmentOut,
@@ -105,13 +105,17 @@ def follow_up_done(task_id: int, body: FollowUpDoneIn, request: Request, db: DbS
     return FollowUpTaskOut.model_validate(task)
 
 
-@router.get("/attachments/{attachment_id}")
-def download_attachment(attachment_id: int, request: Request, db: DbSession, user: CurrentUser) -> Response:
-    row, content = service.read_attachment(db, user=user, attachment_id=attachment_id,
-                                           client_address=client_address(request))
+def attachment_response(row: ReferralAttachment, content: bytes) -> Response:
+    """A download, never rendered inline: the browser must not interpret a file a township uploaded."""
     return Response(content, media_type=row.content_type, headers={
         "Content-Disposition": f"attachment; filename*=UTF-8''{quote(row.filename)}",
         "X-Content-Type-Options": "nosniff"})
+
+
+@router.get("/attachments/{attachment_id}")
+def download_attachment(attachment_id: int, request: Request, db: DbSession, user: CurrentUser) -> Response:
+    return attachment_response(*service.read_attachment(db, user=user, attachment_id=attachment_id,
+                                                        client_address=client_address(request)))
 
 
 @router.get("/{referral_id}", response_model=ReferralFull)

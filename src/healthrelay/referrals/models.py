@@ -54,6 +54,16 @@ class Referral(Base):
         Index("ix_referrals_down_parent", "parent_referral_id", postgresql_include=["from_organisation_id"],
               postgresql_where=text("direction = 'down' AND sent_at IS NOT NULL"),
               sqlite_where=text("direction = 'down' AND sent_at IS NOT NULL")),
+        # Referrals waiting for an answer by receiver and deadline (partial), so "overdue first" can be
+        # read in index order and stop at the limit (migration 0006).
+        Index("ix_referrals_awaiting_org_due", "to_organisation_id", "response_due_at",
+              postgresql_where=text("state IN ('sent', 'redirected')"),
+              sqlite_where=text("state IN ('sent', 'redirected')")),
+        Index("ix_referrals_awaiting_dept_due", "to_department_id", "response_due_at",
+              postgresql_where=text("state IN ('sent', 'redirected')"),
+              sqlite_where=text("state IN ('sent', 'redirected')")),
+        # What an organisation sent, newest first (the board's "outgoing" list).
+        Index("ix_referrals_from_org_created", "from_organisation_id", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

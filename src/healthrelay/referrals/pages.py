@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Annotated, Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import RedirectResponse, Response
@@ -28,6 +28,7 @@ from healthrelay.directory.models import Organisation, OrgLevel, Post, TeamKind
 from healthrelay.patients import service as patients
 from healthrelay.patients.identity import mask_resident_id
 from healthrelay.referrals import display, icd10, service, slip
+from healthrelay.referrals.api import attachment_response
 from healthrelay.referrals.kpi_pages import router as kpi_router
 from healthrelay.referrals.models import Direction, Referral, State, Urgency
 from healthrelay.web.templating import render
@@ -229,8 +230,7 @@ def _board_sections(db: Session, user: User, filters: BoardFilters, address: str
     down: list[Referral] = []
     if user.organisation_id is not None:
         outgoing = service.worklist(db, user=user, from_organisation_id=user.organisation_id, limit=BOARD_LIMIT,
-                                    client_address=address)
-        outgoing.sort(key=lambda r: r.created_at, reverse=True)
+                                    newest_first=True, client_address=address)
         down = service.worklist(db, user=user, direction=Direction.DOWN, to_organisation_id=user.organisation_id,
                                 limit=BOARD_LIMIT, client_address=address)
     return {"accepted": wanted(accepted), "outgoing": wanted(outgoing)[:BOARD_LIMIT], "down": wanted(down)}
@@ -480,11 +480,8 @@ def follow_up_done(request: Request, db: DbSession, user: CurrentUser, task_id: 
 
 @router.get("/referrals/attachments/{attachment_id}")
 def download_attachment(request: Request, db: DbSession, user: CurrentUser, attachment_id: int) -> Response:
-    row, content = service.read_attachment(db, user=user, attachment_id=attachment_id,
-                                           client_address=client_address(request))
-    return Response(content, media_type=row.content_type, headers={
-        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(row.filename)}",
-        "X-Content-Type-Options": "nosniff"})
+    return attachment_response(*service.read_attachment(db, user=user, attachment_id=attachment_id,
+                                                        client_address=client_address(request)))
 
 
 # --- the detail page and its actions --------------------------------------------------------------

@@ -504,8 +504,9 @@ def get_for(db: Session, *, user: User, referral_id: int, client_address: str = 
 def worklist(db: Session, *, user: User, direction: Direction | None = None,
              state: State | Sequence[State] | None = None, to_organisation_id: int | None = None,
              to_department_id: int | None = None, from_organisation_id: int | None = None, limit: int = 100,
-             client_address: str = "") -> list[Referral]:
-    """Referrals to or from the user's organisation (everything for alliance admins), overdue first."""
+             newest_first: bool = False, client_address: str = "") -> list[Referral]:
+    """Referrals to or from the user's organisation (everything for alliance admins), overdue first
+    (or newest first, for lists of what one sent)."""
     q = select(Referral)
     if user.role != Role.ALLIANCE_ADMIN:
         if user.organisation_id is None:
@@ -524,9 +525,17 @@ def worklist(db: Session, *, user: User, direction: Direction | None = None,
         q = q.where(Referral.to_department_id == to_department_id)
     if from_organisation_id is not None:
         q = q.where(Referral.from_organisation_id == from_organisation_id)
-    overdue = case((Referral.state.in_(AWAITING_ANSWER) & (Referral.response_due_at < utcnow()), 0), else_=1)
-    # Same order on both databases: drafts (no deadline) after everything with one.
-    order = (overdue, Referral.response_due_at.is_(None), Referral.response_due_at, Referral.id.desc())
+    waiting_only = state is not None and set([state] if isinstance(state, State) else state) <= set(AWAITING_ANSWER)
+    if newest_first:
+        order: tuple[Any, ...] = (Referral.created_at.desc(), Referral.id.desc())
+    elif waiting_only:
+        # Every row has a deadline and the overdue ones have the earliest: the deadline order is
+        # "overdue first", and the partial indexes on (receiver, response_due_at) serve it up to the limit.
+        order = (Referral.response_due_at, Referral.id.desc())
+    else:
+        overdue = case((Referral.state.in_(AWAITING_ANSWER) & (Referral.response_due_at < utcnow()), 0), else_=1)
+        # Same order on both databases: drafts (no deadline) after everything with one.
+        order = (overdue, Referral.response_due_at.is_(None), Referral.response_due_at, Referral.id.desc())
     rows = list(db.execute(q.order_by(*order).limit(limit)).scalars())
     audit.record(db, actor=_actor(user, client_address), action="referral.list",
                  detail={"count": len(rows), "referral_ids": [r.id for r in rows][:100]})

@@ -6,6 +6,10 @@
 - ix_referrals_up_completed_closed: up referrals completed, by completion time (partial), for the
   lead-hospital discharge share.
 - ix_referrals_down_parent: down referrals by the up referral they follow (partial), for the same.
+- ix_referrals_awaiting_org_due / ix_referrals_awaiting_dept_due: referrals waiting for an answer
+  (partial: sent or redirected) by receiver and deadline, so the board's incoming list, overdue
+  first, can be read in index order and stop at its limit.
+- ix_referrals_from_org_created: what an organisation sent, newest first (the board's outgoing list).
 
 Revision ID: 0006
 Revises: 0005
@@ -24,6 +28,7 @@ KPI_COLUMNS = ['id', 'direction', 'urgency', 'state', 'from_organisation_id', 't
                'response_due_at', 'closed_at', 'round']
 UP_COMPLETED = "direction = 'up' AND state = 'completed'"
 DOWN_SENT = "direction = 'down' AND sent_at IS NOT NULL"
+AWAITING = "state IN ('sent', 'redirected')"
 
 
 def upgrade() -> None:
@@ -35,10 +40,18 @@ def upgrade() -> None:
         batch_op.create_index('ix_referrals_down_parent', ['parent_referral_id'], unique=False,
                               postgresql_include=['from_organisation_id'],
                               postgresql_where=sa.text(DOWN_SENT), sqlite_where=sa.text(DOWN_SENT))
+        batch_op.create_index('ix_referrals_awaiting_org_due', ['to_organisation_id', 'response_due_at'],
+                              unique=False, postgresql_where=sa.text(AWAITING), sqlite_where=sa.text(AWAITING))
+        batch_op.create_index('ix_referrals_awaiting_dept_due', ['to_department_id', 'response_due_at'],
+                              unique=False, postgresql_where=sa.text(AWAITING), sqlite_where=sa.text(AWAITING))
+        batch_op.create_index('ix_referrals_from_org_created', ['from_organisation_id', 'created_at'], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table('referrals', schema=None) as batch_op:
+        batch_op.drop_index('ix_referrals_from_org_created')
+        batch_op.drop_index('ix_referrals_awaiting_dept_due')
+        batch_op.drop_index('ix_referrals_awaiting_org_due')
         batch_op.drop_index('ix_referrals_down_parent')
         batch_op.drop_index('ix_referrals_up_completed_closed')
         batch_op.drop_index('ix_referrals_sent_kpi')
