@@ -425,7 +425,8 @@ def time_worklist(runs: int, *, seed: int) -> list[Row]:
                                 to_organisation_id=p.county, to_department_id=dept, limit=100)
 
     def outgoing(db: Any, user: Any, dept: int) -> list[Any]:
-        return service.worklist(db, user=user, from_organisation_id=user.organisation_id, limit=100)
+        return service.worklist(db, user=user, from_organisation_id=user.organisation_id, limit=100,
+                                newest_first=True)
 
     def down(db: Any, user: Any, dept: int) -> list[Any]:
         return service.worklist(db, user=user, direction=Direction.DOWN, to_organisation_id=user.organisation_id,
