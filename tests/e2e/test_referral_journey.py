@@ -32,7 +32,7 @@ from healthrelay.directory.models import (
 )
 from healthrelay.referrals.models import Referral, State
 from tests import factories as f
-from tests.e2e.test_township_doctor import SCREENSHOTS, sign_in
+from tests.browser import SCREENSHOTS, sign_in
 from tests.referrals.conftest import move_due_into_past
 
 pytestmark = pytest.mark.e2e

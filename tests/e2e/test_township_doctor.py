@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from datetime import date
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -13,18 +12,10 @@ from healthrelay.accounts.models import Role
 from healthrelay.patients.identity import make_resident_id
 from healthrelay.patients.models import Sex
 from tests import factories as f
+from tests.browser import SCREENSHOTS, sign_in
 
 pytestmark = pytest.mark.e2e
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-results"
-SCREENSHOTS.mkdir(exist_ok=True)
 
-
-def sign_in(page: Page, username: str) -> None:
-    page.goto("/login")
-    page.fill("#username", username)
-    page.fill("#password", f.PASSWORD)
-    page.press("#password", "Enter")
-    expect(page).not_to_have_url(re.compile(r"/login"))
 
 
 def sign_out(page: Page) -> None:

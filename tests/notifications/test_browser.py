@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
 from playwright.sync_api import Page, expect
 from sqlalchemy.orm import Session
 
 from healthrelay.notifications import service
-from tests import factories as f
+from tests.browser import SCREENSHOTS, sign_in
 from tests.notifications.conftest import People
 
 pytestmark = pytest.mark.e2e
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-results"
 
-
-def sign_in(page: Page, username: str) -> None:
-    page.goto("/login")
-    page.fill("#username", username)
-    page.fill("#password", f.PASSWORD)
-    page.press("#password", "Enter")
-    expect(page).not_to_have_url(re.compile(r"/login"))
 
 
 def test_the_inbox_updates_live_and_an_urgent_toast_stays_until_dismissed(page: Page, db: Session,
