@@ -23,6 +23,11 @@ have_pkg libpangoft2-1.0-0 || missing+=(libpangoft2-1.0-0)
 if [ "$want_tests" = 1 ]; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   [ -x /usr/bin/chromium ] || missing+=(chromium)
+  # Real DICOM peers for the interop tests and bench/dicom_ingest.py: dcmtk's storescu/echoscu/storescp
+  # and Orthanc with its DICOMweb plugin.
+  command -v storescu >/dev/null || missing+=(dcmtk)
+  have_pkg orthanc || missing+=(orthanc)
+  have_pkg orthanc-dicomweb || missing+=(orthanc-dicomweb)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "==> installing Debian packages: ${missing[*]}"

@@ -27,11 +27,14 @@ from healthrelay.core.errors import DomainError, NeedToKnowDenied, NotAuthentica
 log = logging.getLogger("healthrelay")
 
 # Each domain exposes `router` in api.py (mounted under /api/v1) and/or pages.py (mounted at /).
-DOMAINS = ("accounts", "access", "audit", "directory", "patients", "referrals", "notifications", "web")
+DOMAINS = ("accounts", "access", "audit", "directory", "patients", "referrals", "notifications", "teleconsult",
+           "imaging", "web")
 
 
 # Requests that carry files get the attachment limit instead of the general body limit.
 UPLOAD_PATHS = re.compile(r"(/attachments|^/referrals/new)/?$")
+# DICOMweb STOW-RS uploads whole series.
+STOW_PATHS = re.compile(r"^/dicomweb/studies(/[0-9.]+)?/?$")
 
 VENDOR_ASSETS = {"htmx": "htmx.org/dist", "echarts": "echarts/dist"}
 
@@ -42,16 +45,19 @@ class BodySizeLimit:
     File uploads (UPLOAD_PATHS) may be larger: up to `upload_max_bytes`.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, upload_max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, upload_max_bytes: int, stow_max_bytes: int) -> None:
         self.app = app
         self.default_max_bytes = max_bytes
         self.upload_max_bytes = upload_max_bytes
+        self.stow_max_bytes = stow_max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.upload_max_bytes if UPLOAD_PATHS.search(scope["path"]) else self.default_max_bytes
+        path = scope["path"]
+        limit = (self.stow_max_bytes if STOW_PATHS.match(path) else
+                 self.upload_max_bytes if UPLOAD_PATHS.search(path) else self.default_max_bytes)
         headers = dict(scope["headers"])
         wants_html = b"text/html" in headers.get(b"accept", b"")
         declared = headers.get(b"content-length")
@@ -92,7 +98,7 @@ def _too_large(limit: int, wants_html: bool = False) -> Response:
 
 def _wants_html(request: Request) -> bool:
     path = request.url.path
-    if path.startswith(("/api/", "/healthz", "/openapi")):
+    if path.startswith(("/api/", "/healthz", "/openapi", "/dicomweb/")):
         return False
     return "text/html" in request.headers.get("accept", "") or request.method == "GET"
 
@@ -187,6 +193,11 @@ def create_app() -> FastAPI:
                 continue
             app.include_router(module.router, prefix=prefix)
 
+    # DICOMweb (STOW-RS, QIDO-RS, WADO-RS) where viewers such as OHIF or Weasis expect it.
+    from healthrelay.imaging.dicomweb import router as dicomweb_router
+
+    app.include_router(dicomweb_router, prefix="/dicomweb")
+
     static_dir = Path(__file__).parent / "web" / "static"
     app.mount("/static", StaticFiles(directory=static_dir), name="static")
     # Only the built files of the npm packages we use, never the whole node_modules.
@@ -202,5 +213,6 @@ def create_app() -> FastAPI:
                        https_only=settings.cookie_secure)
     # Multipart framing around an attachment adds a little; the service checks the file's own size.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes,
-                       upload_max_bytes=max(settings.max_body_bytes, settings.attachment_max_bytes + 64 * 1024))
+                       upload_max_bytes=max(settings.max_body_bytes, settings.attachment_max_bytes + 64 * 1024),
+                       stow_max_bytes=settings.stow_max_bytes)
     return app

@@ -15,7 +15,7 @@ audit_app = typer.Typer(help="Audit trail tools", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
 
-def _serve(host: str | None, port: int | None, *, run_timers: bool = True) -> None:
+def _serve(host: str | None, port: int | None, *, run_timers: bool = True, run_dicom: bool = True) -> None:
     import uvicorn
 
     from healthrelay.core.config import get_settings
@@ -23,6 +23,8 @@ def _serve(host: str | None, port: int | None, *, run_timers: bool = True) -> No
     settings = get_settings()
     if run_timers:
         os.environ["HEALTHRELAY_RUN_TIMERS"] = "1"
+    if run_dicom:
+        os.environ["HEALTHRELAY_RUN_DICOM"] = "1"
     uvicorn.run("healthrelay.asgi:app", host=host or settings.host, port=port or settings.port,
                 log_level="info", proxy_headers=False)
 
@@ -40,10 +42,34 @@ def migrate() -> None:
 @app.command()
 def serve(host: str = typer.Option(None, help="defaults to HEALTHRELAY_HOST"),
           port: int = typer.Option(None, help="defaults to HEALTHRELAY_PORT"),
-          timers: bool = typer.Option(True, help="also run timers in this process (embedded setup)")) -> None:
+          timers: bool = typer.Option(True, help="also run timers in this process (embedded setup)"),
+          dicom: bool = typer.Option(True, help="also run the DICOM receiver in this process (embedded setup)"),
+          ) -> None:
     """Serve the web application (migrating the database first)."""
     migrate()
-    _serve(host, port, run_timers=timers)
+    _serve(host, port, run_timers=timers, run_dicom=dicom)
+
+
+@app.command()
+def dicom(host: str = typer.Option(None, help="defaults to HEALTHRELAY_DICOM_HOST"),
+          port: int = typer.Option(None, help="defaults to HEALTHRELAY_DICOM_PORT (11112)")) -> None:
+    """Run the DICOM receiver alone (scale-out setup, beside `serve --no-dicom`)."""
+    import healthrelay.models  # noqa: F401
+    from healthrelay.core.config import get_settings
+    from healthrelay.core.db import get_sessionmaker
+    from healthrelay.imaging.scp import start_receiver
+
+    settings = get_settings()
+    receiver = start_receiver(get_sessionmaker(), host=host or settings.dicom_host,
+                              port=port or settings.dicom_port, ae_title=settings.dicom_ae_title)
+    typer.echo(f"DICOM receiver {settings.dicom_ae_title} listening on {host or settings.dicom_host}:"
+               f"{port or settings.dicom_port}")
+    try:
+        receiver.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        receiver.shutdown()
 
 
 @app.command()

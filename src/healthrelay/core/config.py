@@ -39,6 +39,20 @@ class Settings(BaseSettings):
     wechat_gateway_url: str = ""
     # Referral attachments: what may be attached and how large (bytes).
     attachment_max_bytes: int = 10 * 1024 * 1024
+    # DICOM receiver (C-ECHO, C-STORE from registered modalities). `healthrelay serve` runs it in the
+    # web process unless --no-dicom; `healthrelay dicom` runs it alone. Modalities must reach
+    # dicom_host, so a real site sets it to the LAN address (or 0.0.0.0).
+    dicom_host: str = "127.0.0.1"
+    dicom_port: int = 11112
+    dicom_ae_title: str = "HEALTHRELAY"
+    # Where DICOM instances are kept: "local" (files under <data dir>/dicom) or "orthanc" (an Orthanc
+    # server with its DICOMweb plugin at orthanc_url, e.g. http://127.0.0.1:8042).
+    imaging_backend: str = "local"
+    orthanc_url: str = ""
+    orthanc_username: str = ""
+    orthanc_password: str = ""
+    # Largest STOW-RS upload (bytes): a CT series of a few hundred slices.
+    stow_max_bytes: int = 1024 * 1024 * 1024
     # Tests and `healthrelay demo` may allow a faster password hash; never in production.
     fast_password_hash: bool = Field(default=False)
 

@@ -15,7 +15,9 @@ _DIR = Path(__file__).parent / "i18n"
 def catalogue(locale: str) -> dict[str, str]:
     """The web catalogue plus every domain's own `<domain>/i18n/<locale>.json`."""
     merged: dict[str, str] = json.loads((_DIR / f"{locale}.json").read_text(encoding="utf-8"))
-    for path in sorted(_DIR.parent.parent.glob(f"*/i18n/{locale}.json")):
+    # A domain may split its catalogue: `<locale>.json` plus `<part>.<locale>.json`.
+    root = _DIR.parent.parent
+    for path in sorted(root.glob(f"*/i18n/{locale}.json")) + sorted(root.glob(f"*/i18n/*.{locale}.json")):
         if path.parent != _DIR:
             merged.update(json.loads(path.read_text(encoding="utf-8")))
     return merged

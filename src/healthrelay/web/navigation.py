@@ -11,6 +11,7 @@ CLINICAL = frozenset({Role.CLINICIAN, Role.REMOTE_READER, Role.DISPATCHER, Role.
                       Role.ORG_ADMIN, Role.ALLIANCE_ADMIN})
 ADMINS = frozenset({Role.ALLIANCE_ADMIN, Role.ORG_ADMIN})
 REPORTING = ADMINS | {Role.HEALTH_BUREAU}
+READERS = frozenset({Role.REMOTE_READER, Role.ORG_ADMIN})
 
 MENU: list[tuple[str, str, frozenset[Role]]] = [
     ("nav.home", "/", frozenset(Role)),
@@ -18,6 +19,10 @@ MENU: list[tuple[str, str, frozenset[Role]]] = [
     ("nav.referrals", "/referrals", CLINICAL),
     ("nav.follow_ups", "/referrals/follow-ups", CLINICAL),
     ("nav.referral_kpi", "/referrals/kpi", REPORTING),
+    ("nav.reading_worklist", "/teleconsult/worklist", READERS),
+    ("nav.teleconsult", "/teleconsult", CLINICAL),
+    ("nav.critical_results", "/teleconsult/critical", CLINICAL | REPORTING),
+    ("nav.imaging", "/imaging", CLINICAL),
     ("nav.patients", "/patients", CLINICAL),
     ("nav.directory", "/directory", ALL_STAFF),
     ("nav.map", "/directory/map", ALL_STAFF),
