@@ -227,7 +227,7 @@ def test_building_again_changes_nothing(built: list[str], db: Session) -> None:
 
 def test_progress_reports_each_stage_with_counts_and_time(built: list[str]) -> None:
     stages = [line for line in built if line.startswith("[")]
-    assert len(stages) == 9 and stages[-1].startswith("[9/9] referrals")
+    assert len(stages) == 10 and stages[-1].startswith("[10/10] imaging")
     assert all("s, total" in line for line in stages)
     assert any("(100%)" in line for line in built)
 
@@ -257,3 +257,16 @@ def test_the_demo_has_referral_history_and_an_open_county_board(built: list[str]
                                                     Referral.response_due_at < utcnow())).scalar_one()
     assert overdue >= 2
     assert db.execute(select(func.count()).where(FollowUpTask.done_at.is_(None))).scalar_one() >= 3
+
+
+def test_demo_registers_the_members_modalities_and_lists_them_for_peers(built: list[str], db: Session) -> None:
+    from healthrelay.demo.build import demo_accounts_document
+    from healthrelay.imaging.models import Modality
+
+    listed = demo_accounts_document()
+    assert listed["dicom"] == {"ae_title": "HEALTHRELAY", "host": "127.0.0.1", "port": 11112}
+    stored = {m.ae_title: m for m in db.execute(select(Modality)).scalars()}
+    assert {m["ae_title"] for m in listed["modalities"]} == set(stored)
+    shimen_ct = next(m for m in listed["modalities"] if m["ae_title"] == "QXC03CT")
+    assert shimen_ct["organisation"] == "石门镇中心卫生院" and shimen_ct["modality_type"] == "CT"
+    assert stored["QXC03CT"].contact_user_id is not None  # the township doctor hears about its studies

@@ -21,9 +21,11 @@ from sqlalchemy.orm import Session
 from healthrelay.accounts.models import Role, User
 from healthrelay.accounts.service import create_user
 from healthrelay.audit import service as audit
+from healthrelay.core.config import get_settings
 from healthrelay.core.db import utcnow
 from healthrelay.core.security import hash_password
 from healthrelay.demo import county
+from healthrelay.demo import imaging as demo_imaging
 from healthrelay.demo.logins import DEMO_PASSWORD, logins
 from healthrelay.demo.referrals import build_demo_referrals
 from healthrelay.demo.residents import REFERENCE_DATE, ResidentRecord, synthetic_residents
@@ -68,8 +70,13 @@ def demo_accounts_document() -> dict[str, Any]:
             "description": login.description,
         })
     alliance = county.alliances()[0]
+    settings = get_settings()
+    modalities = [{"ae_title": m.ae_title, "organisation": orgs[m.org_code].name, "organisation_code": m.org_code,
+                   "modality_type": m.modality_type, "name": m.name} for m in demo_imaging.modalities()]
     return {"alliance": {"code": alliance.code, "name": alliance.name}, "password": DEMO_PASSWORD,
-            "accounts": accounts}
+            "accounts": accounts,
+            "dicom": {"ae_title": settings.dicom_ae_title, "host": settings.dicom_host, "port": settings.dicom_port},
+            "modalities": modalities}
 
 
 def demo_present(db: Session) -> bool:
@@ -126,7 +133,7 @@ class _Ids:
 
 class _Builder:
     STAGES = ("areas", "specialties", "organisations", "alliances", "practitioners", "teams", "residents",
-              "accounts", "referrals")
+              "accounts", "referrals", "imaging")
 
     def __init__(self, db: Session, *, seed: int, residents: int, progress: Progress, duplicate_share: float) -> None:
         self.db = db
@@ -385,6 +392,12 @@ class _Builder:
         made = build_demo_referrals(self.db, seed=self.seed)
         self.counts.update(made)
         return f"{made['referrals']} referrals over six months, {made['open']} open on the county board"
+
+    def _build_imaging(self) -> str:
+        made = demo_imaging.build_demo_centres(self.db)
+        self.counts.update(made)
+        return (f"{made['centres']} reading centres, {made['modalities']} DICOM modalities, "
+                f"{made['routing_rules']} routing rules")
 
     def _resident_for_login(self, village_code: str) -> ResidentRecord:
         """An adult with an ID and a phone in that village (else the township, else anyone)."""
