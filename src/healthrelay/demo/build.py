@@ -395,9 +395,10 @@ class _Builder:
 
     def _build_imaging(self) -> str:
         made = demo_imaging.build_demo_centres(self.db)
+        made.update(demo_imaging.build_demo_studies(self.db, now=self.now))
         self.counts.update(made)
         return (f"{made['centres']} reading centres, {made['modalities']} DICOM modalities, "
-                f"{made['routing_rules']} routing rules")
+                f"{made['routing_rules']} routing rules, {made['studies']} studies ({made['instances']} images)")
 
     def _resident_for_login(self, village_code: str) -> ResidentRecord:
         """An adult with an ID and a phone in that village (else the township, else anyone)."""

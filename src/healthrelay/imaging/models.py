@@ -45,6 +45,7 @@ class ImagingStudy(Base):
         Index("ix_imaging_studies_patient_date", "patient_id", "study_date"),
         Index("ix_imaging_studies_org_received", "organisation_id", "received_at"),
         Index("ix_imaging_studies_match", "patient_match", "received_at"),
+        Index("ix_imaging_studies_received", "received_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

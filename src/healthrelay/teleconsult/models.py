@@ -98,6 +98,7 @@ class ConsultRequest(Base):
               postgresql_where=text("state IN ('requested', 'accepted', 'preliminary')"),
               sqlite_where=text("state IN ('requested', 'accepted', 'preliminary')")),
         Index("ix_consult_from_org_created", "inviting_organisation_id", "created_at"),
+        Index("ix_consult_invited_org_created", "invited_organisation_id", "created_at"),
         Index("ix_consult_claimed_by", "claimed_by_user_id", "state"),
         Index("ix_consult_patient", "patient_id", "created_at"),
     )

@@ -119,6 +119,7 @@ def upgrade() -> None:
     with op.batch_alter_table('consult_requests', schema=None) as batch_op:
         batch_op.create_index('ix_consult_claimed_by', ['claimed_by_user_id', 'state'], unique=False)
         batch_op.create_index('ix_consult_from_org_created', ['inviting_organisation_id', 'created_at'], unique=False)
+        batch_op.create_index('ix_consult_invited_org_created', ['invited_organisation_id', 'created_at'], unique=False)
         batch_op.create_index('ix_consult_open_centre_due', ['centre_id', 'report_due_at'], unique=False, postgresql_where=sa.text("state IN ('requested', 'accepted', 'preliminary')"), sqlite_where=sa.text("state IN ('requested', 'accepted', 'preliminary')"))
         batch_op.create_index('ix_consult_patient', ['patient_id', 'created_at'], unique=False)
 
@@ -230,6 +231,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_imaging_studies_accession_number'), ['accession_number'], unique=False)
         batch_op.create_index(batch_op.f('ix_imaging_studies_consult_request_id'), ['consult_request_id'], unique=False)
         batch_op.create_index('ix_imaging_studies_match', ['patient_match', 'received_at'], unique=False)
+        batch_op.create_index('ix_imaging_studies_received', ['received_at'], unique=False)
         batch_op.create_index('ix_imaging_studies_org_received', ['organisation_id', 'received_at'], unique=False)
         batch_op.create_index('ix_imaging_studies_patient_date', ['patient_id', 'study_date'], unique=False)
 
@@ -369,6 +371,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_imaging_studies_patient_date')
         batch_op.drop_index('ix_imaging_studies_org_received')
         batch_op.drop_index('ix_imaging_studies_match')
+        batch_op.drop_index('ix_imaging_studies_received')
         batch_op.drop_index(batch_op.f('ix_imaging_studies_consult_request_id'))
         batch_op.drop_index(batch_op.f('ix_imaging_studies_accession_number'))
 
@@ -390,6 +393,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_consult_patient')
         batch_op.drop_index('ix_consult_open_centre_due', postgresql_where=sa.text("state IN ('requested', 'accepted', 'preliminary')"), sqlite_where=sa.text("state IN ('requested', 'accepted', 'preliminary')"))
         batch_op.drop_index('ix_consult_from_org_created')
+        batch_op.drop_index('ix_consult_invited_org_created')
         batch_op.drop_index('ix_consult_claimed_by')
 
     op.drop_table('consult_requests')
