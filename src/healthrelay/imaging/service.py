@@ -47,7 +47,7 @@ from healthrelay.core.db import take_sqlite_write_lock, utcnow
 from healthrelay.core.errors import Conflict, InvalidInput
 from healthrelay.imaging.matching import DicomPatient, match_patient, name_for_matching
 from healthrelay.imaging.models import ImagingInstance, ImagingSeries, ImagingStudy, Modality, PatientMatch
-from healthrelay.imaging.storage import StorageBackend, get_backend
+from healthrelay.imaging.storage import LocalStorage, StorageBackend, get_backend
 from healthrelay.teleconsult.service import route_study
 
 log = logging.getLogger("healthrelay.imaging")
@@ -344,7 +344,13 @@ def ingest(db: Session, *, data: bytes, received_via: str, calling_ae_title: str
 
     try:
         known = (series_id, study_id, study_uid) if series_id is not None else None
-        return _index(db, parsed=parsed, data=data, backend=backend, stored_key=stored_key, known=known,
+        if isinstance(backend, LocalStorage):  # the key is known now: index while the disk flushes
+            key_now = backend.key_for(study_uid=parsed.study_uid, series_uid=parsed.series_uid,
+                                      sop_uid=parsed.sop_instance_uid, sha256=parsed.sha256)
+        else:
+            key_now = None
+        return _index(db, parsed=parsed, data=data, backend=backend, stored_key=stored_key, key_now=key_now,
+                      known=known,
                       received_via=received_via, calling_ae_title=calling_ae_title, organisation_id=organisation_id,
                       modality=modality, by_user=by_user)
     except _RacedDuplicate as raced:
@@ -408,7 +414,7 @@ def _dataset_bytes(data: bytes) -> bytes:
 
 
 def _index(db: Session, *, parsed: Parsed, data: bytes, backend: StorageBackend, stored_key: Callable[[], str],
-           known: tuple[int, int, str] | None, received_via: str, calling_ae_title: str,
+           key_now: str | None, known: tuple[int, int, str] | None, received_via: str, calling_ae_title: str,
            organisation_id: int | None, modality: Modality | None, by_user: User | None) -> Stored:
     ds = parsed.dataset
     study: ImagingStudy | None = None
@@ -432,7 +438,9 @@ def _index(db: Session, *, parsed: Parsed, data: bytes, backend: StorageBackend,
         "size_bytes": len(data), "sha256": parsed.sha256, "received_via": received_via[:20],
         "calling_ae_title": calling_ae_title[:16], "summary": summarise(ds), "received_at": utcnow(),
     }
-    values["storage_key"] = stored_key()  # the row is written only once the file is durable
+    # Local files: the key is known before the flush ends, so the rows are written meanwhile and the file is
+    # waited for below, before the caller commits. Other backends name the key when they have stored it.
+    values["storage_key"] = key_now or stored_key()
     inserted = connection.execute(_INSERT_INSTANCE[connection.dialect.name], values).scalar()
     if inserted is None:  # another association stored the same SOP instance a moment ago
         existing = db.scalar(select(ImagingInstance)
@@ -456,6 +464,8 @@ def _index(db: Session, *, parsed: Parsed, data: bytes, backend: StorageBackend,
         if study_created:  # once per study, with its first instance indexed
             _on_new_study(db, study=study, ds=ds, modality=modality, organisation_id=organisation_id,
                           received_via=received_via, calling_ae_title=calling_ae_title, by_user=by_user)
+    if stored_key() != values["storage_key"]:  # durable before anyone can commit the rows
+        raise RuntimeError(f"storage key of {parsed.sop_instance_uid} changed while indexing")
     return Stored(db=db, created=True, sop_instance_uid=parsed.sop_instance_uid, study_id=study_id, study=study)
 
 

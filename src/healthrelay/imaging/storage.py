@@ -31,7 +31,7 @@ class StorageBackend(Protocol):
 
 
 class LocalStorage:
-    """Files under <data dir>/dicom/<study>/<series>/<sop>-<sha256 prefix>.dcm, written atomically."""
+    """Files under <data dir>/dicom/<study>/<series>/<sop>-<sha256 prefix>.dcm."""
 
     name = "local"
 
@@ -45,28 +45,59 @@ class LocalStorage:
         return path
 
     def store(self, *, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> str:
-        digest = hashlib.sha256(data).hexdigest()[:16]
-        key = f"{_safe(study_uid)}/{_safe(series_uid)}/{_safe(sop_uid)}-{digest}.dcm"
+        """One write and one fdatasync per instance, as a PACS does.
+
+        The name carries a hash of the content, so a file already there with the same size is this
+        instance (a re-send); a shorter one was left by a crash, has no index row, and is rewritten.
+        Written in place rather than renamed: the file's fdatasync also commits its directory entry
+        on ext4 and xfs (one journal transaction), which a rename made afterwards would not share.
+        A folder made for a new series is fsync'd once, when it is made.
+        """
+        key = self.key_for(study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid,
+                           sha256=hashlib.sha256(data).hexdigest())
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        folder = os.open(path.parent, os.O_RDONLY)
+        if not path.parent.is_dir():
+            self._make_folder(path.parent)
         try:
-            os.fsync(folder)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        except FileExistsError:
+            if path.stat().st_size == len(data):
+                return key  # the same content, already here
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC)  # a partial file left by a crash
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fdatasync(fd)
         finally:
-            os.close(folder)
+            os.close(fd)
         return key
+
+    @staticmethod
+    def key_for(*, study_uid: str, series_uid: str, sop_uid: str, sha256: str) -> str:
+        """The key `store` will return, known before the file is written (the index row waits for nothing)."""
+        return f"{_safe(study_uid)}/{_safe(series_uid)}/{_safe(sop_uid)}-{sha256[:16]}.dcm"
+
+    def _make_folder(self, folder: Path) -> None:
+        """Create the series folder and make its entries in the parents durable."""
+        missing = [p for p in (folder, *folder.parents) if not p.exists() and p.is_relative_to(self.root)]
+        folder.mkdir(parents=True, exist_ok=True)
+        for made in reversed(missing):
+            _fsync_dir(made.parent)
 
     def read(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def _safe(uid: str) -> str:
