@@ -31,6 +31,7 @@ from healthrelay.referrals import display, icd10, service, slip
 from healthrelay.referrals.api import attachment_response
 from healthrelay.referrals.kpi_pages import router as kpi_router
 from healthrelay.referrals.models import Direction, Referral, State, Urgency
+from healthrelay.web.forms import FormProblems
 from healthrelay.web.templating import render
 
 router = APIRouter(include_in_schema=False)
@@ -61,31 +62,9 @@ FIELD_ON_FORM = {"to_organisation_id": "target", "to_department_id": "target", "
 
 # --- small parsing helpers -----------------------------------------------------------------------
 
-class _Problems:
-    """Collects what is wrong with a form, field by field, so the page can show all of it at once."""
-
-    def __init__(self) -> None:
-        self.errors: list[dict[str, Any]] = []
-
-    def add(self, name: str, message: str) -> None:
-        self.errors.append(field_error(name, message))
-
-    def opt_int(self, name: str, value: str) -> int | None:
-        value = (value or "").strip()
-        if not value:
-            return None
-        try:
-            return int(value)
-        except ValueError:
-            self.add(name, "须为数字 / must be a number")
-            return None
-
-    def raise_if_any(self) -> None:
-        if self.errors:
-            raise InvalidInput("请检查标红的栏目 / please check the marked fields", field_errors=self.errors)
 
 
-def _split_target(problems: _Problems, name: str, value: str) -> tuple[int | None, int | None]:
+def _split_target(problems: FormProblems, name: str, value: str) -> tuple[int | None, int | None]:
     """Targets travel as "organisation:department" (or "organisation:" for the whole organisation)."""
     value = (value or "").strip()
     if not value:
@@ -100,7 +79,7 @@ def _lines(text: str) -> list[str]:
     return [line.strip() for line in (text or "").splitlines() if line.strip()]
 
 
-def _local_datetime(problems: _Problems, name: str, value: str) -> datetime | None:
+def _local_datetime(problems: FormProblems, name: str, value: str) -> datetime | None:
     """A datetime-local input is wall-clock time in the county (Asia/Shanghai)."""
     value = (value or "").strip()
     if not value:
@@ -188,7 +167,7 @@ class BoardFilters:
 
 
 def _board_filters(db: Session, user: User, department: str | None, urgency: str) -> BoardFilters:
-    problems = _Problems()
+    problems = FormProblems()
     if department is None:  # first visit: the user's own department, if their post names one
         dept_id = _user_department(db, user)
         param = str(dept_id) if dept_id else "all"
@@ -337,7 +316,7 @@ def icd10_options(request: Request, user: CurrentUser, diagnosis_code: str = "",
     return render(request, "referrals/_icd10.html", {"entries": icd10.search(text, 12) if text else []})
 
 
-def _vitals(problems: _Problems, form: dict[str, str]) -> dict[str, Any]:
+def _vitals(problems: FormProblems, form: dict[str, str]) -> dict[str, Any]:
     values: dict[str, float | int] = {}
     for name, (low, high) in VITAL_LIMITS.items():
         raw = form.get(name, "").strip()
@@ -391,7 +370,7 @@ def new_submit(request: Request, db: DbSession, user: CurrentUser, patient_id: F
 
 def _create_from_form(db: Session, user: User, form: dict[str, str], *, send: bool, uploads: list[UploadFile | str],
                       address: str) -> Referral:
-    problems = _Problems()
+    problems = FormProblems()
     patient_id = problems.opt_int("patient_id", form["patient_id"])
     if patient_id is None and not any(e["field"] == "patient_id" for e in problems.errors):
         problems.add("patient_id", "请先选择患者 / choose the patient first")
@@ -607,7 +586,7 @@ def send_submit(request: Request, db: DbSession, user: CurrentUser, referral_id:
 def accept_submit(request: Request, db: DbSession, user: CurrentUser, referral_id: int,
                   appointment_at: FormText = "", bed: FormText = "") -> Response:
     def call() -> Referral:
-        problems = _Problems()
+        problems = FormProblems()
         when = _local_datetime(problems, "appointment_at", appointment_at)
         if len(bed.strip()) > 60:
             problems.add("bed", "床位最多 60 个字 / at most 60 characters")
@@ -623,7 +602,7 @@ def accept_submit(request: Request, db: DbSession, user: CurrentUser, referral_i
 def decline_submit(request: Request, db: DbSession, user: CurrentUser, referral_id: int, reason: FormText = "",
                    suggested_alternative_organisation_id: FormText = "") -> Response:
     def call() -> Referral:
-        problems = _Problems()
+        problems = FormProblems()
         alternative = problems.opt_int("suggested_alternative_organisation_id",
                                        suggested_alternative_organisation_id)
         problems.raise_if_any()
@@ -639,7 +618,7 @@ def decline_submit(request: Request, db: DbSession, user: CurrentUser, referral_
 def redirect_submit(request: Request, db: DbSession, user: CurrentUser, referral_id: int, target: FormText = "",
                     reason: FormText = "") -> Response:
     def call() -> Referral:
-        problems = _Problems()
+        problems = FormProblems()
         org, dept = _split_target(problems, "target", target)
         if org is None and not problems.errors:
             problems.add("target", "请选择转介的机构 / choose where to pass the referral")
@@ -675,7 +654,7 @@ def cancel_submit(request: Request, db: DbSession, user: CurrentUser, referral_i
 def send_back_up_submit(request: Request, db: DbSession, user: CurrentUser, referral_id: int,
                         reason: FormText = "", urgency: FormText = "urgent", consent_kind: FormText = "") -> Response:
     def call() -> Referral:
-        problems = _Problems()
+        problems = FormProblems()
         try:
             wanted = Urgency(urgency)
         except ValueError:
@@ -703,7 +682,7 @@ def send_down_submit(request: Request, db: DbSession, user: CurrentUser, referra
 
     def call() -> Referral:
         up = service.get_for(db, user=user, referral_id=referral_id, client_address=client_address(request))
-        problems = _Problems()
+        problems = FormProblems()
         org, team = _split_target(problems, "down_target", down_target)
         if org is None and not problems.errors:
             problems.add("down_target", "请选择下转的机构或团队 / choose where to send the patient")

@@ -34,6 +34,7 @@ from healthrelay.teleconsult.models import (
     ReadingCentre,
     Report,
 )
+from healthrelay.web.forms import FormProblems
 from healthrelay.web.templating import render
 
 router = APIRouter(include_in_schema=False)
@@ -53,35 +54,6 @@ FIELD_ON_FORM = {"to_user_id": "to_user_id"}
 
 # --- small parsing helpers -----------------------------------------------------------------------
 
-class _Problems:
-    """Collects what is wrong with a form, field by field, so the page shows all of it at once."""
-
-    def __init__(self) -> None:
-        self.errors: list[dict[str, Any]] = []
-
-    def add(self, name: str, message: str) -> None:
-        self.errors.append(field_error(name, message))
-
-    def opt_int(self, name: str, value: str) -> int | None:
-        value = (value or "").strip()
-        if not value:
-            return None
-        try:
-            return int(value)
-        except ValueError:
-            self.add(name, "须为数字 / must be a number")
-            return None
-
-    def choice(self, name: str, value: str, allowed: type[Any], message: str) -> Any:
-        try:
-            return allowed(value) if value else None
-        except ValueError:
-            self.add(name, message)
-            return None
-
-    def raise_if_any(self) -> None:
-        if self.errors:
-            raise InvalidInput("请检查标红的栏目 / please check the marked fields", field_errors=self.errors)
 
 
 def _invalid(errors: list[dict[str, Any]]) -> dict[str, str]:
@@ -185,7 +157,7 @@ def new_submit(request: Request, db: DbSession, user: CurrentUser, patient_id: F
 
 
 def _create_from_form(db: Session, user: User, form: dict[str, str], address: str) -> ConsultRequest:
-    problems = _Problems()
+    problems = FormProblems()
     patient_id = problems.opt_int("patient_id", form["patient_id"])
     centre_id = problems.opt_int("centre_id", form["centre_id"])
     kind = problems.choice("kind", form["kind"] or "imaging", ConsultKind, "未知的会诊类型 / unknown kind")
@@ -231,7 +203,7 @@ class WorklistFilters:
 
 def _worklist_filters(centre: str, modality: str, organisation: str, priority: str, kind: str,
                       view: str) -> WorklistFilters:
-    problems = _Problems()
+    problems = FormProblems()
     filters = WorklistFilters(
         centre_id=problems.opt_int("centre", centre), modality=modality.strip().upper()[:16],
         organisation_id=problems.opt_int("organisation", organisation),
@@ -423,7 +395,7 @@ def release_submit(request: Request, db: DbSession, user: CurrentUser, request_i
 def reassign_submit(request: Request, db: DbSession, user: CurrentUser, request_id: int, to_user_id: FormText = "",
                     reason: FormText = "") -> Response:
     def call() -> ConsultRequest:
-        problems = _Problems()
+        problems = FormProblems()
         target = problems.opt_int("to_user_id", to_user_id)
         if target is None and not problems.errors:
             problems.add("to_user_id", "请选择改派给哪位医师 / choose the reader")

@@ -1,0 +1,37 @@
+"""Reading HTML forms: collect every problem, field by field, so a page shows all of them at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from healthrelay.core.errors import InvalidInput, field_error
+
+
+class FormProblems:
+    def __init__(self) -> None:
+        self.errors: list[dict[str, Any]] = []
+
+    def add(self, name: str, message: str) -> None:
+        self.errors.append(field_error(name, message))
+
+    def opt_int(self, name: str, value: str) -> int | None:
+        value = (value or "").strip()
+        if not value:
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            self.add(name, "须为数字 / must be a number")
+            return None
+
+    def choice(self, name: str, value: str, allowed: type[Any], message: str) -> Any:
+        """`allowed(value)` (an enum, say), or None and `message` against the field when it is not one."""
+        try:
+            return allowed(value) if value else None
+        except ValueError:
+            self.add(name, message)
+            return None
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            raise InvalidInput("请检查标红的栏目 / please check the marked fields", field_errors=self.errors)
