@@ -31,7 +31,7 @@ from healthrelay.referrals import display, icd10, service, slip
 from healthrelay.referrals.api import attachment_response
 from healthrelay.referrals.kpi_pages import router as kpi_router
 from healthrelay.referrals.models import Direction, Referral, State, Urgency
-from healthrelay.web.forms import FormProblems
+from healthrelay.web.forms import FormProblems, messages_by_field, reraise_if_access
 from healthrelay.web.templating import render
 
 router = APIRouter(include_in_schema=False)
@@ -92,19 +92,8 @@ def _local_datetime(problems: FormProblems, name: str, value: str) -> datetime |
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=display.LOCAL_TZ)
 
 
-def _invalid(errors: list[dict[str, Any]]) -> dict[str, str]:
-    """field -> message for the template; the first message per field wins."""
-    out: dict[str, str] = {}
-    for fe in errors:
-        name = str(fe.get("field", "form"))
-        out.setdefault(FIELD_ON_FORM.get(name, name), str(fe.get("message", "")))
-    return out
 
 
-def _reraise_if_access(exc: DomainError) -> None:
-    """Access problems get the error page (with break-the-glass where it applies), not the form."""
-    if exc.status_code in (401, 403, 404):
-        raise exc
 
 
 # --- what the user's organisation can refer to ---------------------------------------------------
@@ -360,9 +349,10 @@ def new_submit(request: Request, db: DbSession, user: CurrentUser, patient_id: F
         referral = _create_from_form(db, user, form, send=action != "draft", uploads=attachments,
                                      address=address)
     except DomainError as exc:
-        _reraise_if_access(exc)
+        reraise_if_access(exc)
         db.rollback()
-        return _new_page(request, db, user, form=form, invalid=_invalid(exc.field_errors), error=exc.message,
+        invalid = messages_by_field(exc.field_errors, FIELD_ON_FORM)
+        return _new_page(request, db, user, form=form, invalid=invalid, error=exc.message,
                          status_code=exc.status_code)
     flag = "sent" if referral.state == State.SENT else "saved"
     return RedirectResponse(f"/referrals/{referral.id}?done={flag}", status_code=303)
@@ -449,7 +439,7 @@ def follow_up_done(request: Request, db: DbSession, user: CurrentUser, task_id: 
         service.complete_follow_up(db, by=user, task_id=task_id, note=note[:1000],
                                    client_address=client_address(request))
     except DomainError as exc:
-        _reraise_if_access(exc)
+        reraise_if_access(exc)
         db.rollback()
         return _follow_ups_page(request, db, user, error=exc.message, status_code=exc.status_code)
     return RedirectResponse(f"/referrals/follow-ups?done={task_id}", status_code=303)
@@ -559,9 +549,10 @@ def _act(request: Request, db: Session, user: User, referral_id: int, action: st
     try:
         result = call()
     except DomainError as exc:
-        _reraise_if_access(exc)
+        reraise_if_access(exc)
         db.rollback()
-        error = ActionError(action=action, message=exc.message, invalid=_invalid(exc.field_errors), values=values)
+        invalid = messages_by_field(exc.field_errors, FIELD_ON_FORM)
+        error = ActionError(action=action, message=exc.message, invalid=invalid, values=values)
         return _detail_page(request, db, user, referral_id, action_error=error, status_code=exc.status_code)
     target = result.id if isinstance(result, Referral) else referral_id
     return RedirectResponse(f"/referrals/{target}?done={action}", status_code=303)

@@ -34,7 +34,7 @@ from healthrelay.teleconsult.models import (
     ReadingCentre,
     Report,
 )
-from healthrelay.web.forms import FormProblems
+from healthrelay.web.forms import FormProblems, messages_by_field, reraise_if_access
 from healthrelay.web.templating import render
 
 router = APIRouter(include_in_schema=False)
@@ -56,19 +56,8 @@ FIELD_ON_FORM = {"to_user_id": "to_user_id"}
 
 
 
-def _invalid(errors: list[dict[str, Any]]) -> dict[str, str]:
-    """field -> message for the template; the first message per field wins."""
-    out: dict[str, str] = {}
-    for fe in errors:
-        name = str(fe.get("field", "form"))
-        out.setdefault(FIELD_ON_FORM.get(name, name), str(fe.get("message", "")))
-    return out
 
 
-def _reraise_if_access(exc: DomainError) -> None:
-    """Access problems get the error page (with break-the-glass where it applies), not the form."""
-    if exc.status_code in (401, 403, 404):
-        raise exc
 
 
 # --- the list -------------------------------------------------------------------------------------
@@ -149,9 +138,10 @@ def new_submit(request: Request, db: DbSession, user: CurrentUser, patient_id: F
     try:
         consult = _create_from_form(db, user, form, client_address(request))
     except DomainError as exc:
-        _reraise_if_access(exc)
+        reraise_if_access(exc)
         db.rollback()
-        return _new_page(request, db, user, form=form, invalid=_invalid(exc.field_errors), error=exc.message,
+        invalid = messages_by_field(exc.field_errors, FIELD_ON_FORM)
+        return _new_page(request, db, user, form=form, invalid=invalid, error=exc.message,
                          status_code=exc.status_code)
     return RedirectResponse(f"/teleconsult/{consult.id}?done=created", status_code=303)
 
@@ -351,9 +341,10 @@ def _act(request: Request, db: Session, user: User, request_id: int, action: str
     try:
         call()
     except DomainError as exc:
-        _reraise_if_access(exc)
+        reraise_if_access(exc)
         db.rollback()
-        error = ActionError(action=action, message=exc.message, invalid=_invalid(exc.field_errors), values=values)
+        invalid = messages_by_field(exc.field_errors, FIELD_ON_FORM)
+        error = ActionError(action=action, message=exc.message, invalid=invalid, values=values)
         return _detail_page(request, db, user, request_id, action_error=error, status_code=exc.status_code)
     return RedirectResponse(f"/teleconsult/{request_id}?done={action}", status_code=303)
 

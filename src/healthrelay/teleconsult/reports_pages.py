@@ -31,6 +31,7 @@ from healthrelay.patients import service as patients
 from healthrelay.teleconsult import critical, report_pdf, reports
 from healthrelay.teleconsult import service as consult_service
 from healthrelay.teleconsult.models import ConsultRequest, ReportState
+from healthrelay.web.forms import messages_by_field
 from healthrelay.web.i18n import translate
 from healthrelay.web.templating import LOCAL_TZ, local_time, render, request_locale, templates
 
@@ -41,11 +42,6 @@ SCOPE_CHOICES = reports.SCOPES
 ACK_FIELDS = ("call_number", "call_at", "call_spoken_to", "call_read_back", "action_taken")
 
 
-def _invalid(errors: list[dict[str, Any]]) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for e in errors:
-        found.setdefault(str(e.get("field", "")), str(e.get("message", "")))
-    return found
 
 
 def _reraise_unless_input(exc: DomainError) -> None:
@@ -150,7 +146,7 @@ def save(request: Request, db: DbSession, user: CurrentUser, request_id: int, te
         _reraise_unless_input(exc)
         db.rollback()
         consult = consult_service.get_request_for(db, request_id=request_id, user=user, client_address=address)
-        return _editor(request, db, user, consult, values=data, invalid=_invalid(exc.field_errors),
+        return _editor(request, db, user, consult, values=data, invalid=messages_by_field(exc.field_errors),
                        message=exc.message, status_code=exc.status_code)
     if action == "sign":
         return RedirectResponse(f"/teleconsult/{request_id}?report=signed#report-panel", status_code=303)
@@ -173,7 +169,8 @@ def add_addendum(request: Request, db: DbSession, user: CurrentUser, request_id:
         _reraise_unless_input(exc)
         db.rollback()
         consult = consult_service.get_request_for(db, request_id=request_id, user=user, client_address=address)
-        return _editor(request, db, user, consult, addendum_invalid=_invalid(exc.field_errors) or {"text": exc.message},
+        invalid = messages_by_field(exc.field_errors) or {"text": exc.message}
+        return _editor(request, db, user, consult, addendum_invalid=invalid,
                        addendum_text=text, status_code=exc.status_code)
     return RedirectResponse(f"/teleconsult/{request_id}?report=addendum#report-panel", status_code=303)
 
@@ -374,7 +371,7 @@ def acknowledge(request: Request, db: DbSession, user: CurrentUser, critical_id:
     except DomainError as exc:
         _reraise_unless_input(exc)
         db.rollback()
-        return _critical_page(request, db, user, critical_id, ack_invalid=_invalid(exc.field_errors),
+        return _critical_page(request, db, user, critical_id, ack_invalid=messages_by_field(exc.field_errors),
                               ack_values=values, message=exc.message, status_code=exc.status_code)
     target = _safe_next(next) or f"/teleconsult/critical/{result.id}?done=acknowledged"
     return RedirectResponse(target, status_code=303)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from healthrelay.core.errors import InvalidInput, field_error
+from healthrelay.core.errors import DomainError, InvalidInput, field_error
 
 
 class FormProblems:
@@ -35,3 +35,19 @@ class FormProblems:
     def raise_if_any(self) -> None:
         if self.errors:
             raise InvalidInput("请检查标红的栏目 / please check the marked fields", field_errors=self.errors)
+
+
+def messages_by_field(errors: list[dict[str, Any]], on_form: dict[str, str] | None = None) -> dict[str, str]:
+    """field -> message for a template (the first message per field wins); `on_form` renames service
+    field names to the form's."""
+    out: dict[str, str] = {}
+    for error in errors:
+        name = str(error.get("field", "form"))
+        out.setdefault((on_form or {}).get(name, name), str(error.get("message", "")))
+    return out
+
+
+def reraise_if_access(exc: DomainError) -> None:
+    """Access problems get the error page (with break-the-glass where it applies), not the form."""
+    if exc.status_code in (401, 403, 404):
+        raise exc
