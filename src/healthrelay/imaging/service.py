@@ -21,6 +21,7 @@ import logging
 import re
 import struct
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -28,12 +29,14 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-import pydicom
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 from sqlalchemy import bindparam, select, update
 from sqlalchemy import event as sa_event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -89,7 +92,8 @@ _TAGS = {keyword: tag_for_keyword(keyword) for keyword in (
     "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "WindowCenter", "WindowWidth",
     "RescaleSlope", "RescaleIntercept", "PixelSpacing", "ImagerPixelSpacing", "ImagePositionPatient",
     "ImageOrientationPatient", "SliceLocation", "NumberOfFrames", "FrameTime", "PhotometricInterpretation",
-    "Modality", "LossyImageCompression", "InstanceNumber")}
+    "Modality", "LossyImageCompression", "InstanceNumber", "TransferSyntaxUID", "Rows", "Columns",
+    "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation")}
 
 
 class Stored:
@@ -178,18 +182,17 @@ def parse(data: bytes) -> Parsed:
     truncated = _bad("DICOM 文件不完整（被截断）", "the DICOM file is truncated", "truncated")
     with _problems.collect() as problems:
         try:
-            ds = pydicom.dcmread(io.BytesIO(data), force=False)
-        except (InvalidDicomError, EOFError, ValueError, KeyError, NotImplementedError, OSError, struct.error) as exc:
-            if isinstance(exc, EOFError | struct.error) or "No tag to read" in str(exc):
+            ds, transfer_syntax = _read(data)
+        except (InvalidDicomError, EOFError, ValueError, KeyError, NotImplementedError, OSError, struct.error,
+                zlib.error) as exc:
+            if isinstance(exc, EOFError | struct.error | zlib.error) or "No tag to read" in str(exc):
                 raise truncated from None
             raise _bad("无法读取 DICOM 文件", f"not a readable DICOM file ({str(exc)[:120]})", "not_dicom") from None
         if any("End of file" in p for p in problems):
             raise truncated
-        meta = ds.file_meta
-        if len(meta) == 0 or len(ds) == 0:
+        if ds is None or len(ds) == 0:
             raise _bad("不是 DICOM 文件（没有文件元信息或数据集）",
                        "not a DICOM file (no file meta information or no data set)", "not_dicom")
-        transfer_syntax = str(meta.get("TransferSyntaxUID", "") or "")
         if not transfer_syntax:
             raise _bad("文件元信息缺少传输语法", "file meta information has no Transfer Syntax UID", "missing_uid")
         sop_class = _uid(ds, "SOPClassUID", "SOP Class UID")
@@ -206,6 +209,31 @@ def parse(data: bytes) -> Parsed:
     return Parsed(dataset=ds, transfer_syntax_uid=transfer_syntax, sop_class_uid=sop_class,
                   sop_instance_uid=sop_instance, study_uid=study_uid, series_uid=series_uid,
                   sha256=hashlib.sha256(data).hexdigest())
+
+
+def _read(data: bytes) -> tuple[Dataset | None, str]:
+    """The data set (elements left raw until asked for) and the transfer syntax its file meta names.
+
+    pydicom's element reader does the parsing; `dcmread` itself is skipped because it also converts and
+    checks every file meta element, which for a small instance took longer than reading the data set.
+    """
+    stream = io.BytesIO(data)
+    stream.seek(132)
+    meta = read_dataset(stream, is_implicit_VR=False, is_little_endian=True, stop_when=_past_file_meta)
+    if len(meta) == 0:
+        return None, ""
+    transfer_syntax = _ascii(meta, "TransferSyntaxUID")
+    implicit, little = transfer_syntax == ImplicitVRLittleEndian, transfer_syntax != ExplicitVRBigEndian
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        stream = DicomBytesIO(zlib.decompress(stream.read(), -zlib.MAX_WBITS))
+    if not stream.read(1):
+        return None, transfer_syntax
+    stream.seek(-1, 1)
+    return read_dataset(stream, is_implicit_VR=implicit, is_little_endian=little), transfer_syntax
+
+
+def _past_file_meta(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag.group != 0x0002
 
 
 def _uid(ds: Dataset, keyword: str, label: str) -> str:
@@ -267,8 +295,10 @@ def _check_pixel_data(ds: Dataset, *, sop_class: str, transfer_syntax: str) -> N
 
 def _native_length(ds: Dataset, frames: int) -> int:
     """Bytes of uncompressed pixel data the image module declares (PS3.5 8.1.1; 4:2:2 keeps 2 of 3 samples)."""
-    pixels = int(ds.Rows) * int(ds.Columns) * frames * int(ds.SamplesPerPixel)
-    bits = int(ds.BitsAllocated)
+    rows, columns, samples, bits = (_ushort(ds, k) for k in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated"))
+    if rows is None or columns is None or samples is None or bits is None:
+        raise ValueError("image pixel module incomplete")
+    pixels = rows * columns * frames * samples
     length = (pixels + 7) // 8 if bits == 1 else pixels * (bits // 8)
     if _ascii(ds, "PhotometricInterpretation") == "YBR_FULL_422":
         length = length // 3 * 2
@@ -304,11 +334,6 @@ _INSERT_INSTANCE = {
     "sqlite": sqlite_insert(_instance_t).on_conflict_do_nothing(index_elements=["sop_instance_uid"])
     .returning(_instance_t.c.id),
 }
-_BUMP_SERIES = (update(ImagingSeries.__table__).where(ImagingSeries.__table__.c.id == bindparam("b_series"))
-                .values(number_of_instances=ImagingSeries.__table__.c.number_of_instances + 1))
-_BUMP_STUDY = (update(ImagingStudy.__table__).where(ImagingStudy.__table__.c.id == bindparam("b_study"))
-               .values(number_of_instances=ImagingStudy.__table__.c.number_of_instances + 1,
-                       updated_at=bindparam("b_now")))
 
 
 def ingest(db: Session, *, data: bytes, received_via: str, calling_ae_title: str = "",
@@ -434,7 +459,7 @@ def _index(db: Session, *, parsed: Parsed, data: bytes, backend: StorageBackend,
         "study_id": study_id, "series_id": series_id, "sop_instance_uid": parsed.sop_instance_uid,
         "sop_class_uid": parsed.sop_class_uid, "instance_number": _int(_ascii(ds, "InstanceNumber")),
         "transfer_syntax_uid": parsed.transfer_syntax_uid, "number_of_frames": _int(_ascii(ds, "NumberOfFrames")) or 1,
-        "rows": _int(ds.get("Rows")), "columns": _int(ds.get("Columns")), "storage_backend": backend.name,
+        "rows": _ushort(ds, "Rows"), "columns": _ushort(ds, "Columns"), "storage_backend": backend.name,
         "size_bytes": len(data), "sha256": parsed.sha256, "received_via": received_via[:20],
         "calling_ae_title": calling_ae_title[:16], "summary": summarise(ds), "received_at": utcnow(),
     }
@@ -448,9 +473,7 @@ def _index(db: Session, *, parsed: Parsed, data: bytes, backend: StorageBackend,
         if existing is None:
             raise RuntimeError(f"insert of {parsed.sop_instance_uid} neither happened nor conflicted")
         raise _RacedDuplicate(existing)
-    now = utcnow()
-    connection.execute(_BUMP_SERIES, {"b_series": series_id})
-    connection.execute(_BUMP_STUDY, {"b_study": study_id, "b_now": now})
+    # The instance counts of the series and the study are kept by a trigger (migration 0008).
     if series_created and study is not None:
         modalities = [m for m in study.modalities_in_study.split("\\") if m]
         series_modality = _text(ds, "Modality", 16)
@@ -706,6 +729,23 @@ def _ascii(ds: Dataset, keyword: str) -> str:
         return ""
 
 
+def _ushort(ds: Dataset, keyword: str) -> int | None:
+    """An unsigned short (US) such as Rows, from its two bytes; pydicom's conversion is the slow way round."""
+    tag = _TAGS[keyword]
+    try:
+        element = ds.get_item(tag) if tag in ds else None
+        if element is None:
+            return None
+        if isinstance(element, RawDataElement):
+            raw = element.value
+            if raw is None or len(raw) != 2:
+                return _int(ds[tag].value)  # multi-valued or odd: let pydicom decide
+            return int.from_bytes(raw, "little" if ds.original_encoding[1] is not False else "big")
+        return _int(element.value)
+    except Exception:  # noqa: BLE001 - a malformed optional element is as good as missing
+        return None
+
+
 def _numbers(ds: Dataset, keyword: str) -> list[float] | None:
     text = _ascii(ds, keyword)
     if not text:
@@ -760,10 +800,10 @@ def summarise(ds: Dataset) -> dict[str, Any]:
         "slice_location": _first(ds, "SliceLocation"),
         "number_of_frames": _int(_ascii(ds, "NumberOfFrames")) or 1,
         "frame_time_ms": _first(ds, "FrameTime"),
-        "bits_allocated": _int(get("BitsAllocated")),
-        "bits_stored": _int(get("BitsStored")),
-        "pixel_representation": _int(get("PixelRepresentation")),
-        "samples_per_pixel": _int(get("SamplesPerPixel")),
+        "bits_allocated": _ushort(ds, "BitsAllocated"),
+        "bits_stored": _ushort(ds, "BitsStored"),
+        "pixel_representation": _ushort(ds, "PixelRepresentation"),
+        "samples_per_pixel": _ushort(ds, "SamplesPerPixel"),
         "modality": _ascii(ds, "Modality"),
         "lossy": _ascii(ds, "LossyImageCompression") == "01",
         "has_pixels": has_pixels,
