@@ -97,7 +97,7 @@ class OrthancStorage:
 
     # --- StorageBackend ---------------------------------------------------------------------------------
 
-    def store(self, *, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> str:
+    def store(self, *, study_uid: str, series_uid: str, sop_uid: str, data: bytes, sha256: str = "") -> str:
         answer = self._json("POST", "/instances", data, "application/dicom")
         if not isinstance(answer, dict) or not _ORTHANC_ID.match(str(answer.get("ID", ""))):
             raise OrthancError(f"Orthanc did not store {sop_uid}: {str(answer)[:200]}")

@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import re
 import struct
 import threading
 import zlib
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
@@ -37,10 +37,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
-from sqlalchemy import bindparam, select, update
 from sqlalchemy import event as sa_event
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -50,7 +48,7 @@ from healthrelay.core.db import take_sqlite_write_lock, utcnow
 from healthrelay.core.errors import Conflict, InvalidInput
 from healthrelay.imaging.matching import DicomPatient, match_patient, name_for_matching
 from healthrelay.imaging.models import ImagingInstance, ImagingSeries, ImagingStudy, Modality, PatientMatch
-from healthrelay.imaging.storage import LocalStorage, StorageBackend, get_backend
+from healthrelay.imaging.storage import StorageBackend, get_backend
 from healthrelay.teleconsult.service import route_study
 
 log = logging.getLogger("healthrelay.imaging")
@@ -315,25 +313,50 @@ def _has_offsets(pixel_data: bytes, frames: int) -> bool:
 
 # --- the index ---------------------------------------------------------------------------------------
 
-# Statements of the per-instance path, built once (building and caching them cost more than running them).
-_series_t, _study_t, _instance_t = ImagingSeries.__table__, ImagingStudy.__table__, ImagingInstance.__table__
+# The two statements every instance runs go straight to the database driver (`_run`): SQLAlchemy's
+# statement caching, parameter processing and result objects cost more than the database work itself.
+# The session still owns the transaction: it began it and commits or rolls it back.
 # One round trip: is the instance already here, and the series and study it belongs to (when known).
-_LOOKUP = select(
-    select(_instance_t.c.id).where(_instance_t.c.sop_instance_uid == bindparam("sop")).scalar_subquery(),
-    select(_series_t.c.id).where(_series_t.c.series_instance_uid == bindparam("series_uid")).scalar_subquery(),
-    select(_study_t.c.id).join(_series_t, _series_t.c.study_id == _study_t.c.id)
-    .where(_series_t.c.series_instance_uid == bindparam("series_uid")).scalar_subquery(),
-    select(_study_t.c.study_instance_uid).join(_series_t, _series_t.c.study_id == _study_t.c.id)
-    .where(_series_t.c.series_instance_uid == bindparam("series_uid")).scalar_subquery(),
-)
+_LOOKUP = (
+    "SELECT (SELECT id FROM imaging_instances WHERE sop_instance_uid = :sop),"
+    " series.id, series.study_id, study.study_instance_uid"
+    " FROM (SELECT 1) AS one"
+    " LEFT JOIN imaging_series AS series ON series.series_instance_uid = :series_uid"
+    " LEFT JOIN imaging_studies AS study ON study.id = series.study_id")
+_INSTANCE_COLUMNS = (
+    "study_id", "series_id", "sop_instance_uid", "sop_class_uid", "instance_number", "transfer_syntax_uid",
+    "number_of_frames", "rows", "columns", "storage_backend", "storage_key", "size_bytes", "sha256",
+    "received_via", "calling_ae_title", "received_at", "summary")
 # A concurrent copy of the same instance makes the insert a no-op (no row returned) instead of an error,
 # so neither database needs a savepoint around it (PostgreSQL would refuse the rest of the transaction).
-_INSERT_INSTANCE = {
-    "postgresql": pg_insert(_instance_t).on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-    .returning(_instance_t.c.id),
-    "sqlite": sqlite_insert(_instance_t).on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-    .returning(_instance_t.c.id),
-}
+_INSERT_INSTANCE = (
+    f"INSERT INTO imaging_instances ({', '.join(_INSTANCE_COLUMNS)})"
+    f" VALUES ({', '.join(':' + c for c in _INSTANCE_COLUMNS)})"
+    " ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING id")
+# sqlite3 takes :name parameters, psycopg %(name)s.
+_PYFORMAT = {sql: re.sub(r":(\w+)", r"%(\1)s", sql) for sql in (_LOOKUP, _INSERT_INSTANCE)}
+
+
+def _run(db: Session, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+    """One of the statements above in the session's transaction; the first row it returns."""
+    connection = db.connection()
+    sqlite = connection.dialect.name == "sqlite"
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql if sqlite else _PYFORMAT[sql], params)
+        return cursor.fetchone()  # type: ignore[no-any-return]
+    finally:
+        cursor.close()
+
+
+def _row_values(values: dict[str, Any], *, sqlite: bool) -> dict[str, Any]:
+    """What the driver needs where SQLAlchemy's column types would have converted: JSON text, and on
+    SQLite the naive UTC text its DateTime type stores."""
+    values["summary"] = json.dumps(values["summary"])
+    if sqlite:
+        received_at = values["received_at"].astimezone(UTC).replace(tzinfo=None)
+        values["received_at"] = received_at.isoformat(" ", "microseconds")
+    return values
 
 
 def ingest(db: Session, *, data: bytes, received_via: str, calling_ae_title: str = "",
@@ -341,69 +364,40 @@ def ingest(db: Session, *, data: bytes, received_via: str, calling_ae_title: str
            by_user: User | None = None) -> Stored:
     """Validate, store durably and index one Part 10 instance in the caller's transaction.
 
-    The file is written and fsync'd by a worker thread while this one writes the index rows: the
-    disk flush and the database work overlap instead of adding up (both release the GIL), and the
-    instance row is only written once the file is durable.
+    The file is written and flushed to disk before its index row is written, in this thread: handing
+    the flush to a worker thread was no faster, as the worker waited for the GIL at every step.
     """
     parsed = parse(data)
-    existing_id, series_id, study_id, study_uid = db.connection().execute(
-        _LOOKUP, {"sop": parsed.sop_instance_uid, "series_uid": parsed.series_uid}).one()
+    found = _run(db, _LOOKUP, {"sop": parsed.sop_instance_uid, "series_uid": parsed.series_uid})
+    assert found is not None
+    existing_id, series_id, study_id, study_uid = found
     if existing_id is not None:
         existing = db.get(ImagingInstance, existing_id)
         assert existing is not None
         return _already_stored(db, existing, parsed, data)
+    if series_id is not None and study_uid != parsed.study_uid:
+        raise _series_elsewhere(parsed.series_uid)
     if organisation_id is None and modality is not None:
         organisation_id = modality.organisation_id
     backend = get_backend()
-    storing = _store_pool().submit(backend.store, study_uid=parsed.study_uid, series_uid=parsed.series_uid,
-                                   sop_uid=parsed.sop_instance_uid, data=data)
+    key = backend.store(study_uid=parsed.study_uid, series_uid=parsed.series_uid, sop_uid=parsed.sop_instance_uid,
+                        data=data, sha256=parsed.sha256)
     pending: list[tuple[StorageBackend, str]] = db.info.setdefault(_PENDING, [])
-    key: str | None = None
-
-    def stored_key() -> str:
-        nonlocal key
-        if key is None:
-            key = storing.result()
-            pending.append((backend, key))
-        return key
-
+    pending.append((backend, key))  # removed again if the transaction does not commit
     try:
-        known = (series_id, study_id, study_uid) if series_id is not None else None
-        if isinstance(backend, LocalStorage):  # the key is known now: index while the disk flushes
-            key_now = backend.key_for(study_uid=parsed.study_uid, series_uid=parsed.series_uid,
-                                      sop_uid=parsed.sop_instance_uid, sha256=parsed.sha256)
-        else:
-            key_now = None
-        return _index(db, parsed=parsed, data=data, backend=backend, stored_key=stored_key, key_now=key_now,
-                      known=known,
+        return _index(db, parsed=parsed, data=data, backend=backend, key=key,
+                      known=(series_id, study_id) if series_id is not None else None,
                       received_via=received_via, calling_ae_title=calling_ae_title, organisation_id=organisation_id,
                       modality=modality, by_user=by_user)
     except _RacedDuplicate as raced:
-        pending.remove((backend, stored_key()))
-        if raced.existing.storage_key != stored_key():
-            backend.delete(stored_key())
+        pending.remove((backend, key))
+        if raced.existing.storage_key != key:
+            backend.delete(key)
         return _already_stored(db, raced.existing, parsed, data)
-    except BaseException:
-        try:
-            done = stored_key()
-        except Exception:  # noqa: BLE001 - the store itself failed (that is what is raised): nothing to remove
-            log.debug("store of %s failed", parsed.sop_instance_uid, exc_info=True)
-        else:
-            pending.remove((backend, done))
-            backend.delete(done)
+    except BaseException:  # the caller may carry on with its transaction (STOW's other instances): no orphan
+        pending.remove((backend, key))
+        backend.delete(key)
         raise
-
-
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _store_pool() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dicom-store")
-        return _pool
 
 
 class _RacedDuplicate(Exception):
@@ -438,18 +432,16 @@ def _dataset_bytes(data: bytes) -> bytes:
     return data[144 + group_length:]
 
 
-def _index(db: Session, *, parsed: Parsed, data: bytes, backend: StorageBackend, stored_key: Callable[[], str],
-           key_now: str | None, known: tuple[int, int, str] | None, received_via: str, calling_ae_title: str,
+def _index(db: Session, *, parsed: Parsed, data: bytes, backend: StorageBackend, key: str,
+           known: tuple[int, int] | None, received_via: str, calling_ae_title: str,
            organisation_id: int | None, modality: Modality | None, by_user: User | None) -> Stored:
     ds = parsed.dataset
     study: ImagingStudy | None = None
     study_created = False
     connection = db.connection()
     if known is not None:  # the usual case: one more instance of a series already here
-        series_id, study_id, study_uid = known
+        series_id, study_id = known
         series_created = False
-        if study_uid != parsed.study_uid:
-            raise _series_elsewhere(parsed.series_uid)
     else:
         take_sqlite_write_lock(db)  # before the savepoints that create the study and series
         study, study_created = _study(db, parsed, organisation_id=organisation_id, modality=modality)
@@ -462,11 +454,9 @@ def _index(db: Session, *, parsed: Parsed, data: bytes, backend: StorageBackend,
         "rows": _ushort(ds, "Rows"), "columns": _ushort(ds, "Columns"), "storage_backend": backend.name,
         "size_bytes": len(data), "sha256": parsed.sha256, "received_via": received_via[:20],
         "calling_ae_title": calling_ae_title[:16], "summary": summarise(ds), "received_at": utcnow(),
+        "storage_key": key,
     }
-    # Local files: the key is known before the flush ends, so the rows are written meanwhile and the file is
-    # waited for below, before the caller commits. Other backends name the key when they have stored it.
-    values["storage_key"] = key_now or stored_key()
-    inserted = connection.execute(_INSERT_INSTANCE[connection.dialect.name], values).scalar()
+    inserted = _run(db, _INSERT_INSTANCE, _row_values(values, sqlite=connection.dialect.name == "sqlite"))
     if inserted is None:  # another association stored the same SOP instance a moment ago
         existing = db.scalar(select(ImagingInstance)
                              .where(ImagingInstance.sop_instance_uid == parsed.sop_instance_uid))
@@ -487,8 +477,6 @@ def _index(db: Session, *, parsed: Parsed, data: bytes, backend: StorageBackend,
         if study_created:  # once per study, with its first instance indexed
             _on_new_study(db, study=study, ds=ds, modality=modality, organisation_id=organisation_id,
                           received_via=received_via, calling_ae_title=calling_ae_title, by_user=by_user)
-    if stored_key() != values["storage_key"]:  # durable before anyone can commit the rows
-        raise RuntimeError(f"storage key of {parsed.sop_instance_uid} changed while indexing")
     return Stored(db=db, created=True, sop_instance_uid=parsed.sop_instance_uid, study_id=study_id, study=study)
 
 

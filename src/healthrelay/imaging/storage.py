@@ -17,8 +17,8 @@ from healthrelay.core.config import Settings, get_settings
 class StorageBackend(Protocol):
     name: str
 
-    def store(self, *, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> str:
-        """Keep the instance durably and return its storage key."""
+    def store(self, *, study_uid: str, series_uid: str, sop_uid: str, data: bytes, sha256: str = "") -> str:
+        """Keep the instance durably and return its storage key (`sha256`: the content's, when known)."""
         ...
 
     def read(self, key: str) -> bytes:
@@ -39,12 +39,11 @@ class LocalStorage:
         self.root = root
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if not path.is_relative_to(self.root.resolve()):
+        if key.startswith("/") or ".." in key.split("/"):  # keys are made of UIDs; anything else is a trick
             raise ValueError(f"storage key outside the DICOM folder: {key}")
-        return path
+        return self.root / key
 
-    def store(self, *, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> str:
+    def store(self, *, study_uid: str, series_uid: str, sop_uid: str, data: bytes, sha256: str = "") -> str:
         """One write and one fdatasync per instance, as a PACS does.
 
         The name carries a hash of the content, so a file already there with the same size is this
@@ -54,7 +53,7 @@ class LocalStorage:
         A folder made for a new series is fsync'd once, when it is made.
         """
         key = self.key_for(study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid,
-                           sha256=hashlib.sha256(data).hexdigest())
+                           sha256=sha256 or hashlib.sha256(data).hexdigest())
         path = self._path(key)
         if not path.parent.is_dir():
             self._make_folder(path.parent)
@@ -75,7 +74,6 @@ class LocalStorage:
 
     @staticmethod
     def key_for(*, study_uid: str, series_uid: str, sop_uid: str, sha256: str) -> str:
-        """The key `store` will return, known before the file is written (the index row waits for nothing)."""
         return f"{_safe(study_uid)}/{_safe(series_uid)}/{_safe(sop_uid)}-{sha256[:16]}.dcm"
 
     def _make_folder(self, folder: Path) -> None:
