@@ -124,9 +124,10 @@ class _Association:
         self.receiver = receiver
         self.calling_ae = ""
         self.modality: Modality | None = None
-        # One database connection for the whole association: no pool checkout (nor PostgreSQL's pre-ping
-        # round trip) per instance; each instance still commits in a transaction of its own.
+        # One database connection and session for the whole association: no pool checkout (nor PostgreSQL's
+        # pre-ping round trip) per instance; each instance still commits in a transaction of its own.
         self.connection: Connection | None = None
+        self.session: Session | None = None
         self.contexts: dict[int, PresentationContext] = {}
         self.peer_max_pdu = 0
 
@@ -182,6 +183,10 @@ class _Association:
             self._drop_connection()
 
     def _drop_connection(self) -> None:
+        if self.session is not None:
+            with contextlib.suppress(Exception):
+                self.session.close()
+            self.session = None
         if self.connection is not None:
             with contextlib.suppress(Exception):
                 self.connection.close()
@@ -332,9 +337,11 @@ class _Association:
         context = self.contexts[message.context_id]
         data = b"".join((part10_header(sop_class, sop_instance, str(context.transfer_syntax[0])), *message.fragments))
         message.fragments.clear()
-        if self.connection is None:
+        if self.session is None:
             self.connection = self.receiver.connect()
-        status, comment = self.receiver.store(data, connection=self.connection, calling_ae=self.calling_ae,
+            bind = {"bind": self.connection} if self.connection is not None else {}
+            self.session = self.receiver.make_session(**bind)
+        status, comment = self.receiver.store(data, db=self.session, calling_ae=self.calling_ae,
                                               modality=self.modality, address=self.address,
                                               sop_instance_uid=sop_instance)
         if status == STATUS_OUT_OF_RESOURCES:
@@ -504,10 +511,9 @@ class Receiver:
         bind = self.make_session.kw.get("bind")
         return bind.connect() if isinstance(bind, Engine) else None
 
-    def store(self, data: bytes, *, connection: Connection | None, calling_ae: str, modality: Modality | None,
+    def store(self, data: bytes, *, db: Session, calling_ae: str, modality: Modality | None,
               address: str, sop_instance_uid: str) -> tuple[int, str]:
         """Ingest and commit; the (status, error comment) to answer the C-STORE with."""
-        db = self.make_session(bind=connection) if connection is not None else self.make_session()
         try:
             ingest(db, data=data, received_via="dimse", calling_ae_title=calling_ae, modality=modality)
             db.commit()
@@ -529,7 +535,7 @@ class Receiver:
             log.exception("C-STORE from %s failed", calling_ae)
             return STATUS_OUT_OF_RESOURCES, "internal error, try again"
         finally:
-            db.close()
+            db.expunge_all()  # the session serves the next instance: nothing read now may go stale in it
 
     @staticmethod
     def _audit_refusal(db: Session, message: str, *, calling_ae: str, address: str, sop_instance_uid: str) -> None:

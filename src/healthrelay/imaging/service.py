@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date
+from functools import lru_cache
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
@@ -85,6 +86,7 @@ ACCEPTED_SOP_CLASSES: dict[str, str] = {**IMAGE_SOP_CLASSES, **OTHER_SOP_CLASSES
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float Pixel Data, Double Float Pixel Data
+_SHARED_GROUPS, _PER_FRAME_GROUPS = 0x52009229, 0x52009230  # functional groups of enhanced multi-frame objects
 _PENDING = "healthrelay.imaging.pending_files"
 _TAGS = {keyword: tag_for_keyword(keyword) for keyword in (
     "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "WindowCenter", "WindowWidth",
@@ -271,7 +273,7 @@ def _check_pixel_data(ds: Dataset, *, sop_class: str, transfer_syntax: str) -> N
         frames = int(_ascii(ds, "NumberOfFrames") or 1)
     except (TypeError, ValueError):
         raise _bad("帧数无效", "invalid Number of Frames", "invalid_image") from None
-    if UID(transfer_syntax).is_encapsulated:
+    if _encapsulated(transfer_syntax):
         from pydicom.encaps import generate_fragments
 
         try:
@@ -286,9 +288,16 @@ def _check_pixel_data(ds: Dataset, *, sop_class: str, transfer_syntax: str) -> N
     except (AttributeError, KeyError, TypeError, ValueError):
         raise _bad("图像模块不完整（缺少行、列或位数）", "image module incomplete (rows, columns or bits missing)",
                    "invalid_image") from None
-    if len(ds.PixelData) < expected:
-        raise _bad(f"像素数据不完整：应有 {expected} 字节，实际 {len(ds.PixelData)} 字节",
-                   f"pixel data is truncated: {len(ds.PixelData)} of {expected} bytes", "truncated")
+    element = ds.get_item(0x7FE00010)
+    got = len(element.value or b"") if isinstance(element, RawDataElement) else len(ds.PixelData)
+    if got < expected:
+        raise _bad(f"像素数据不完整：应有 {expected} 字节，实际 {got} 字节",
+                   f"pixel data is truncated: {got} of {expected} bytes", "truncated")
+
+
+@lru_cache(maxsize=64)
+def _encapsulated(transfer_syntax: str) -> bool:
+    return UID(transfer_syntax).is_encapsulated
 
 
 def _native_length(ds: Dataset, frames: int) -> int:
@@ -679,6 +688,8 @@ def _floats(value: object, count: int) -> list[float] | None:
 
 def _functional(ds: Dataset, sequence: str, keyword: str) -> object:
     """A value from the shared functional groups of an enhanced multi-frame object."""
+    if _SHARED_GROUPS not in ds and _PER_FRAME_GROUPS not in ds:
+        return None
     try:
         for group in ds.get("SharedFunctionalGroupsSequence", []) or []:
             for item in group.get(sequence, []) or []:
