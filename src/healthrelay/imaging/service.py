@@ -85,10 +85,11 @@ OTHER_SOP_CLASSES: dict[str, str] = {
 ACCEPTED_SOP_CLASSES: dict[str, str] = {**IMAGE_SOP_CLASSES, **OTHER_SOP_CLASSES}
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float Pixel Data, Double Float Pixel Data
-_SHARED_GROUPS, _PER_FRAME_GROUPS = 0x52009229, 0x52009230  # functional groups of enhanced multi-frame objects
+# Tags as pydicom's own tag type: a Dataset looks them up without converting them first (hot path).
+_PIXEL_TAGS = (BaseTag(0x7FE00010), BaseTag(0x7FE00008), BaseTag(0x7FE00009))  # Pixel Data, Float, Double Float
+_SHARED_GROUPS, _PER_FRAME_GROUPS = BaseTag(0x52009229), BaseTag(0x52009230)  # functional groups (enhanced)
 _PENDING = "healthrelay.imaging.pending_files"
-_TAGS = {keyword: tag_for_keyword(keyword) for keyword in (
+_TAGS = {keyword: BaseTag(tag_for_keyword(keyword)) for keyword in (
     "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "WindowCenter", "WindowWidth",
     "RescaleSlope", "RescaleIntercept", "PixelSpacing", "ImagerPixelSpacing", "ImagePositionPatient",
     "ImageOrientationPatient", "SliceLocation", "NumberOfFrames", "FrameTime", "PhotometricInterpretation",
@@ -288,7 +289,7 @@ def _check_pixel_data(ds: Dataset, *, sop_class: str, transfer_syntax: str) -> N
     except (AttributeError, KeyError, TypeError, ValueError):
         raise _bad("图像模块不完整（缺少行、列或位数）", "image module incomplete (rows, columns or bits missing)",
                    "invalid_image") from None
-    element = ds.get_item(0x7FE00010)
+    element = ds.get_item(_PIXEL_TAGS[0])
     got = len(element.value or b"") if isinstance(element, RawDataElement) else len(ds.PixelData)
     if got < expected:
         raise _bad(f"像素数据不完整：应有 {expected} 字节，实际 {got} 字节",
@@ -710,11 +711,10 @@ def _ascii(ds: Dataset, keyword: str) -> str:
     Those validate every value with regular expressions, which for the dozen values read per instance
     cost about as much as the database work; strings are the same bytes in every transfer syntax.
     """
-    tag = _TAGS.get(keyword)
-    if tag is None or tag not in ds:
-        return ""
     try:
-        element = ds.get_item(tag)
+        element = ds.get_item(_TAGS[keyword])
+        if element is None:
+            return ""
         if isinstance(element, RawDataElement):
             raw = element.value
             if raw is None:
@@ -732,7 +732,7 @@ def _ushort(ds: Dataset, keyword: str) -> int | None:
     """An unsigned short (US) such as Rows, from its two bytes; pydicom's conversion is the slow way round."""
     tag = _TAGS[keyword]
     try:
-        element = ds.get_item(tag) if tag in ds else None
+        element = ds.get_item(tag)
         if element is None:
             return None
         if isinstance(element, RawDataElement):
