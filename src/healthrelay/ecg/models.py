@@ -1,0 +1,3 @@
+"""ECG tables."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Emergency tables."""
+
+from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Geography for planning and dispatch: the county road network and travel times on it."""

@@ -1,0 +1,3 @@
+"""Road network tables."""
+
+from __future__ import annotations

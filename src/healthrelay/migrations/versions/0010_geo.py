@@ -1,0 +1,22 @@
+"""geo: the road network (nodes, edges, speeds by road class)
+
+Revision ID: 0010
+Revises: 0009
+"""
+from collections.abc import Sequence
+
+from alembic import op  # noqa: F401
+import sqlalchemy as sa  # noqa: F401
+
+revision: str = "0010"
+down_revision: str | None = "0009"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass

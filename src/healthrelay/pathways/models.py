@@ -1,0 +1,3 @@
+"""Pathway tables."""
+
+from __future__ import annotations
