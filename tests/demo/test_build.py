@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -227,7 +228,11 @@ def test_building_again_changes_nothing(built: list[str], db: Session) -> None:
 
 def test_progress_reports_each_stage_with_counts_and_time(built: list[str]) -> None:
     stages = [line for line in built if line.startswith("[")]
-    assert len(stages) == 10 and stages[-1].startswith("[10/10] imaging")
+    names = [line.split("] ", 1)[1].split(":", 1)[0] for line in stages]
+    assert names == ["areas", "specialties", "organisations", "alliances", "practitioners", "teams", "residents",
+                     "accounts", "referrals", "imaging", "roads", "emergency", "pathways"]
+    assert stages[-1].startswith(f"[{len(names)}/{len(names)}] pathways")
+    assert re.search(r"emergency: \d+ ambulances, [\d,]+ calls", "\n".join(stages))
     assert all("s, total" in line for line in stages)
     assert any("(100%)" in line for line in built)
 

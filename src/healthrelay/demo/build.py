@@ -26,9 +26,12 @@ from healthrelay.core.db import utcnow
 from healthrelay.core.security import hash_password
 from healthrelay.demo import county
 from healthrelay.demo import imaging as demo_imaging
+from healthrelay.demo.emergency import build_demo_emergency
 from healthrelay.demo.logins import DEMO_PASSWORD, logins
+from healthrelay.demo.pathways import build_demo_pathways
 from healthrelay.demo.referrals import build_demo_referrals
 from healthrelay.demo.residents import REFERENCE_DATE, ResidentRecord, synthetic_residents
+from healthrelay.demo.roads import build_demo_roads
 from healthrelay.demo.staff import StaffPlan, plan_staff
 from healthrelay.directory.models import (
     Alliance,
@@ -133,7 +136,7 @@ class _Ids:
 
 class _Builder:
     STAGES = ("areas", "specialties", "organisations", "alliances", "practitioners", "teams", "residents",
-              "accounts", "referrals", "imaging")
+              "accounts", "referrals", "imaging", "roads", "emergency", "pathways")
 
     def __init__(self, db: Session, *, seed: int, residents: int, progress: Progress, duplicate_share: float) -> None:
         self.db = db
@@ -399,6 +402,21 @@ class _Builder:
         self.counts.update(made)
         return (f"{made['centres']} reading centres, {made['modalities']} DICOM modalities, "
                 f"{made['routing_rules']} routing rules, {made['studies']} studies ({made['instances']} images)")
+
+    def _build_roads(self) -> str:
+        made = build_demo_roads(self.db, seed=self.seed)
+        self.counts.update(road_nodes=made["nodes"], road_edges=made["edges"])
+        return f"{made['nodes']:,} road nodes, {made['edges']:,} road segments"
+
+    def _build_emergency(self) -> str:
+        made = build_demo_emergency(self.db, seed=self.seed, now=self.now)
+        self.counts.update(made)
+        return ", ".join(f"{v:,} {k}" for k, v in made.items())
+
+    def _build_pathways(self) -> str:
+        made = build_demo_pathways(self.db, seed=self.seed, now=self.now)
+        self.counts.update(made)
+        return ", ".join(f"{v:,} {k}" for k, v in made.items())
 
     def _resident_for_login(self, village_code: str) -> ResidentRecord:
         """An adult with an ID and a phone in that village (else the township, else anyone)."""

@@ -93,6 +93,14 @@ def logins() -> tuple[LoginDef, ...]:
         LoginDef("dispatch.tcm", Role.DISPATCHER, county.EMS_STATIONS[1],
                  "中医院急救站调度员 / dispatcher, second station",
                  practitioner_code=f"{county.EMS_STATIONS[1]}-DISP-1"),
+        # Ambulance crews sign in as dispatchers of their station: the same board, and the crew page
+        # (/emergency/ambulances/{id}/crew) on the phone.
+        LoginDef("crew.city1", Role.DISPATCHER, county.EMS_STATIONS[0],
+                 "城区急救站出车医生（手机上的出车页面） / ambulance crew doctor, city station (crew page)",
+                 practitioner_code=f"{county.EMS_STATIONS[0]}-PREH-1"),
+        LoginDef("crew.shimen", Role.DISPATCHER, "QX-EMS-S1",
+                 "石门镇急救分站出车医生 / ambulance crew doctor, Shimen sub-station",
+                 practitioner_code="QX-EMS-S1-PREH-1"),
         LoginDef("pharm.county", Role.PHARMACIST, ph, "县人民医院药剂科药师 / county hospital pharmacist",
                  practitioner_code=f"{ph}-PHAR-1"),
         LoginDef("pharm.shimen", Role.PHARMACIST, shimen, "石门镇中心卫生院药师 / township pharmacist",

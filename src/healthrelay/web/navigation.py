@@ -12,6 +12,7 @@ CLINICAL = frozenset({Role.CLINICIAN, Role.REMOTE_READER, Role.DISPATCHER, Role.
 ADMINS = frozenset({Role.ALLIANCE_ADMIN, Role.ORG_ADMIN})
 REPORTING = ADMINS | {Role.HEALTH_BUREAU}
 READERS = frozenset({Role.REMOTE_READER, Role.ORG_ADMIN})
+DISPATCH = frozenset({Role.DISPATCHER, Role.ORG_ADMIN, Role.ALLIANCE_ADMIN})
 
 MENU: list[tuple[str, str, frozenset[Role]]] = [
     ("nav.home", "/", frozenset(Role)),
@@ -23,6 +24,12 @@ MENU: list[tuple[str, str, frozenset[Role]]] = [
     ("nav.teleconsult", "/teleconsult", CLINICAL),
     ("nav.critical_results", "/teleconsult/critical", CLINICAL | REPORTING),
     ("nav.imaging", "/imaging", CLINICAL),
+    ("nav.ecg_upload", "/ecg/upload", CLINICAL),
+    ("nav.emergency", "/emergency", DISPATCH),
+    ("nav.emergency_metrics", "/emergency/metrics", DISPATCH | REPORTING),
+    ("nav.coverage", "/emergency/coverage", DISPATCH | REPORTING),
+    ("nav.pathways", "/pathways", CLINICAL | REPORTING),
+    ("nav.pathway_metrics", "/pathways/metrics", REPORTING),
     ("nav.patients", "/patients", CLINICAL),
     ("nav.directory", "/directory", ALL_STAFF),
     ("nav.map", "/directory/map", ALL_STAFF),
