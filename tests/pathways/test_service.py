@@ -246,3 +246,15 @@ def test_the_next_expected_nodes_follow_the_timeline(db: Session, world: Pathway
     assert service.next_nodes(db, case) == ["ecg_transmitted", "arrival"]
     service.record_node(db, case_id=case.id, node="arrival", at=minutes_ago(5), by=world.cardiologist)
     assert service.next_nodes(db, case) == ["cath_lab_arrival"]
+
+
+def test_a_node_skipped_in_the_village_does_not_hold_back_the_cath_lab(db: Session, world: PathwayWorld) -> None:
+    """A STEMI read on a village ECG: no ambulance first contact precedes the ECG, so first contact is passed,
+    not awaited, and the cath-lab steps are offered; it can still be entered with its true time."""
+    case = _stemi(db, world, nodes={"first_ecg": minutes_ago(20), "ecg_transmitted": minutes_ago(18),
+                                    "ecg_read": minutes_ago(10), "diagnosis": minutes_ago(10)})
+    expected = service.next_nodes(db, case)
+    assert "first_medical_contact" not in expected
+    assert "cath_lab_activation" in expected and "arrival" in expected
+    service.record_node(db, case_id=case.id, node="first_medical_contact", at=minutes_ago(25), by=world.town_doctor)
+    assert "first_medical_contact" in service.nodes_of(db, case)

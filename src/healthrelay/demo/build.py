@@ -26,6 +26,7 @@ from healthrelay.core.db import utcnow
 from healthrelay.core.security import hash_password
 from healthrelay.demo import county
 from healthrelay.demo import imaging as demo_imaging
+from healthrelay.demo.ecg import build_demo_ecgs
 from healthrelay.demo.emergency import build_demo_emergency
 from healthrelay.demo.logins import DEMO_PASSWORD, logins
 from healthrelay.demo.pathways import build_demo_pathways
@@ -136,7 +137,7 @@ class _Ids:
 
 class _Builder:
     STAGES = ("areas", "specialties", "organisations", "alliances", "practitioners", "teams", "residents",
-              "accounts", "referrals", "imaging", "roads", "emergency", "pathways")
+              "accounts", "referrals", "imaging", "roads", "emergency", "pathways", "ecg")
 
     def __init__(self, db: Session, *, seed: int, residents: int, progress: Progress, duplicate_share: float) -> None:
         self.db = db
@@ -417,6 +418,11 @@ class _Builder:
         made = build_demo_pathways(self.db, seed=self.seed, now=self.now)
         self.counts.update(made)
         return ", ".join(f"{v:,} {k}" for k, v in made.items())
+
+    def _build_ecg(self) -> str:
+        made = build_demo_ecgs(self.db, now=self.now)
+        self.counts.update(made)
+        return f"{made['ecgs']} ECGs sent from members to the ECG centre (one inferior STEMI waiting)"
 
     def _resident_for_login(self, village_code: str) -> ResidentRecord:
         """An adult with an ID and a phone in that village (else the township, else anyone)."""

@@ -1033,12 +1033,17 @@ def _store_parts(db: Session, *, user: User, parts: list[_Part], spool: Any, tar
             outcome.reason = f"instance belongs to study {study_uid}, not {target_study}"
         else:
             try:
-                with db.begin_nested():
-                    stored = service.ingest(db, data=data, received_via="stow", organisation_id=user.organisation_id,
-                                            by_user=user)
-                outcome.sop_class_uid = stored.instance.sop_class_uid
-                outcome.sop_instance_uid = stored.instance.sop_instance_uid
-                outcome.study_uid = stored.study.study_instance_uid
+                if sop_class in service.ECG_WAVEFORM_SOP_CLASSES:  # read by the ECG centre, not the image index
+                    with db.begin_nested():
+                        service.ingest_ecg(db, data=data, received_via="stow", organisation_id=user.organisation_id,
+                                           by_user=user)
+                else:
+                    with db.begin_nested():
+                        stored = service.ingest(db, data=data, received_via="stow",
+                                                organisation_id=user.organisation_id, by_user=user)
+                    outcome.sop_class_uid = stored.instance.sop_class_uid
+                    outcome.sop_instance_uid = stored.instance.sop_instance_uid
+                    outcome.study_uid = stored.study.study_instance_uid
             except DomainError as exc:
                 outcome.failure, outcome.reason = _failure_of(exc), _english(exc.message)
             except OSError as exc:

@@ -54,7 +54,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from healthrelay.core.errors import Conflict, DomainError, InvalidInput
 from healthrelay.imaging.models import Modality
-from healthrelay.imaging.service import ACCEPTED_SOP_CLASSES, ingest, record_refusal
+from healthrelay.imaging.service import (
+    ACCEPTED_SOP_CLASSES,
+    ECG_WAVEFORM_SOP_CLASSES,
+    ingest,
+    ingest_ecg,
+    record_refusal,
+)
 
 log = logging.getLogger("healthrelay.imaging.scp")
 
@@ -343,7 +349,7 @@ class _Association:
             self.session = self.receiver.make_session(**bind)
         status, comment = self.receiver.store(data, db=self.session, calling_ae=self.calling_ae,
                                               modality=self.modality, address=self.address,
-                                              sop_instance_uid=sop_instance)
+                                              sop_instance_uid=sop_instance, sop_class_uid=sop_class)
         if status == STATUS_OUT_OF_RESOURCES:
             self._drop_connection()  # it may be what broke: the next instance gets a fresh one
         self._respond(message.context_id, C_STORE_RSP, message_id, sop_class, status,
@@ -512,10 +518,15 @@ class Receiver:
         return bind.connect() if isinstance(bind, Engine) else None
 
     def store(self, data: bytes, *, db: Session, calling_ae: str, modality: Modality | None,
-              address: str, sop_instance_uid: str) -> tuple[int, str]:
-        """Ingest and commit; the (status, error comment) to answer the C-STORE with."""
+              address: str, sop_instance_uid: str, sop_class_uid: str = "") -> tuple[int, str]:
+        """Ingest and commit; the (status, error comment) to answer the C-STORE with. ECG waveforms go to the
+        ECG centre instead of the image index."""
         try:
-            ingest(db, data=data, received_via="dimse", calling_ae_title=calling_ae, modality=modality)
+            if sop_class_uid in ECG_WAVEFORM_SOP_CLASSES:
+                ingest_ecg(db, data=data, received_via="dimse", calling_ae_title=calling_ae,
+                           organisation_id=modality.organisation_id if modality else None)
+            else:
+                ingest(db, data=data, received_via="dimse", calling_ae_title=calling_ae, modality=modality)
             db.commit()
             return 0x0000, ""
         except DomainError as exc:

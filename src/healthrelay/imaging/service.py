@@ -83,6 +83,8 @@ OTHER_SOP_CLASSES: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.104.1": "Encapsulated PDF Storage",
 }
 ACCEPTED_SOP_CLASSES: dict[str, str] = {**IMAGE_SOP_CLASSES, **OTHER_SOP_CLASSES}
+# ECG waveforms are read by the ECG centre, not indexed as images: both doors hand them to `ingest_ecg`.
+ECG_WAVEFORM_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.9.1.1", "1.2.840.10008.5.1.4.1.1.9.1.2"})
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 # Tags as pydicom's own tag type: a Dataset looks them up without converting them first (hot path).
@@ -408,6 +410,18 @@ def ingest(db: Session, *, data: bytes, received_via: str, calling_ae_title: str
         pending.remove((backend, key))
         backend.delete(key)
         raise
+
+
+def ingest_ecg(db: Session, *, data: bytes, received_via: str, organisation_id: int | None,
+               calling_ae_title: str = "", by_user: User | None = None) -> Any:
+    """An ECG waveform (12-lead or general) from the receiver or STOW-RS: the ECG centre's ingest (tele-ECG),
+    which reads, flags, measures and puts it on the worklist; returns its EcgRecording."""
+    from healthrelay.ecg import service as ecg
+
+    if organisation_id is None:
+        raise _bad("无法确定心电图的发送机构", "the sending organisation of this ECG is unknown", "unknown_sender")
+    return ecg.ingest(db, files={"ecg.dcm": data}, organisation_id=organisation_id, by=by_user,
+                      via="dicom" if received_via == "dimse" else "stow", source=calling_ae_title)
 
 
 class _RacedDuplicate(Exception):

@@ -643,15 +643,21 @@ def superseded(code: str, nodes: Mapping[str, Any]) -> bool:
 def next_nodes(db: Session, case: PathwayCase, nodes: Mapping[str, PathwayNode] | None = None,
                limit: int = 3, defs: list[NodeDefinition] | None = None,
                pairs: frozenset[tuple[str, str]] | None = None) -> list[str]:
-    """What to expect next: unrecorded nodes whose predecessors (bar onset/injury) are all recorded, in
-    display order. Onset and injury are only expected on an empty timeline."""
+    """What to expect next: unrecorded nodes whose predecessors (bar onset/injury) are all recorded or passed,
+    in display order. Onset and injury are only expected on an empty timeline.
+
+    A node is passed when a node it must precede is already recorded: a STEMI found on a village ECG has no
+    ambulance first contact before its first ECG, and the gap must not hold back the cath-lab steps. A passed
+    node can still be entered with its time through the full form."""
     nodes = nodes if nodes is not None else nodes_of(db, case)
     pairs = pairs if pairs is not None else order_pairs(db, case.centre)
+    passed = {before for before, after in pairs if after in nodes and before not in nodes}
     out = []
     for d in defs if defs is not None else node_definitions(db, case.centre):
-        if d.code in nodes or (d.code in _OPTIONAL and nodes) or superseded(d.code, nodes):
+        if d.code in nodes or d.code in passed or (d.code in _OPTIONAL and nodes) or superseded(d.code, nodes):
             continue
-        if all(before in nodes or before in _OPTIONAL for before, after in pairs if after == d.code):
+        if all(before in nodes or before in _OPTIONAL or before in passed
+               for before, after in pairs if after == d.code):
             out.append(d.code)
     return out[:limit]
 

@@ -195,6 +195,8 @@ class Report(Base):
     critical_finding: Mapped[str] = mapped_column(Text, default="")
     # Mutual recognition (互认): the mark's scope ("county", "province", "national") or "" for none.
     recognition_scope: Mapped[str] = mapped_column(String(20), default="")
+    # Coded content of the report (ECG: {"codes", "measurements", "rhythm_note"}); {} for free-text reports.
+    structured: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default=text("'{}'"))
     signed_by_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     signed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cosigned_by_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))

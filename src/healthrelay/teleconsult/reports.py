@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,6 +62,13 @@ class ReportInput:
     critical: bool = False
     critical_finding: str = ""
     recognition_scope: str = ""
+    # Coded content: ECG reports only ({"codes", "measurements", "rhythm_note"}), checked by the ECG domain.
+    structured: dict[str, Any] = field(default_factory=dict)
+
+
+# Called at the end of every `sign` (a trainee's preliminary signature included), in the signing
+# transaction: other domains act on what was signed (ecg/flows.py: a STEMI opens the chest-pain pathway).
+after_sign: list[Callable[[Session, ConsultRequest, Report, User], None]] = []
 
 
 def hr_mark(scope: str) -> str:
@@ -82,6 +89,8 @@ def canonical_content(report: Report, *, request_number: str) -> bytes:
         "critical_finding": report.critical_finding, "recognition_scope": report.recognition_scope,
         "signed_by_user_id": report.signed_by_user_id, "signed_at": _iso(report.signed_at),
     }
+    if report.structured:  # only when there is any, so reports signed before it existed keep their hashes
+        body["structured"] = report.structured
     if report.cosigned_by_user_id is not None:
         body["cosigned_by_user_id"] = report.cosigned_by_user_id
         body["cosigned_at"] = _iso(report.cosigned_at)
@@ -175,6 +184,13 @@ def _clean(db: Session, request: ConsultRequest, data: ReportInput) -> ReportInp
                                                        "carries no recognition mark"))
     values["recognition_scope"] = scope
     values["critical"] = bool(values["critical"])
+    if request.kind == ConsultKind.ECG:
+        from healthrelay.ecg.service import clean_report_structure
+
+        errors += clean_report_structure(values)
+    elif values["structured"]:
+        errors.append(field_error("structured", "只有心电报告有结构化内容 / only ECG reports carry coded content"))
+        values["structured"] = {}
     if not values["critical"]:
         values["critical_finding"] = ""
     if errors:
@@ -222,7 +238,7 @@ def _save(db: Session, *, request: ConsultRequest, report: Report | None, by: Us
     return report
 
 
-def _missing_for_signature(request: ConsultRequest, report: Report) -> list[dict[str, Any]]:
+def _missing_for_signature(db: Session, request: ConsultRequest, report: Report) -> list[dict[str, Any]]:
     required = ["findings", "impression"]
     if request.kind == ConsultKind.IMAGING:
         required.insert(0, "technique")
@@ -230,6 +246,10 @@ def _missing_for_signature(request: ConsultRequest, report: Report) -> list[dict
                if not (getattr(report, name) or "").strip()]
     if report.critical and not (report.critical_finding or "").strip():
         missing.append(field_error("critical_finding", "已勾选危急值，请写明危急内容 / describe the critical finding"))
+    if request.kind == ConsultKind.ECG:
+        from healthrelay.ecg.service import missing_for_signature
+
+        missing += missing_for_signature(db, request=request, report=report)
     return missing
 
 
@@ -245,7 +265,7 @@ def sign(db: Session, *, request_id: int, by: User, data: ReportInput | None = N
         report = _save(db, request=request, report=report, by=by, data=data)
     if report is None:
         report = Report(request_id=request.id, author_user_id=by.id, created_at=utcnow())
-    missing = _missing_for_signature(request, report)
+    missing = _missing_for_signature(db, request, report)
     if missing:
         names = "、".join(e["field"] for e in missing)
         raise InvalidInput(f"报告不完整，不能签名：{names} / the report is incomplete: {names}", field_errors=missing)
@@ -276,6 +296,8 @@ def sign(db: Session, *, request_id: int, by: User, data: ReportInput | None = N
     else:
         _tell_cosigners(db, request=request, report=report)
     _publish(db, request, report)
+    for hook in list(after_sign):
+        hook(db, request, report, by)
     return report
 
 
