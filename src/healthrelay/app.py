@@ -32,7 +32,7 @@ DOMAINS = ("accounts", "access", "audit", "directory", "patients", "referrals", 
 
 
 # Requests that carry files get the attachment limit instead of the general body limit.
-UPLOAD_PATHS = re.compile(r"(/attachments|^/referrals/new)/?$")
+UPLOAD_PATHS = re.compile(r"(/attachments|^/referrals/new|^/ecg/upload|^/api/v1/ecg/recordings)/?$")
 # DICOMweb STOW-RS uploads whole series.
 STOW_PATHS = re.compile(r"^/dicomweb/studies(/[0-9.]+)?/?$")
 

@@ -111,7 +111,8 @@ def test_green_channel_up_escalation_accept_arrive_and_down_with_follow_ups(scre
     village.goto(f"/referrals/new?patient_id={patient.id}")
     expect(village.locator("#referral-patient")).to_contain_text("张德福")
     village.check("#urgency-green_channel")
-    village.select_option("#wanted_specialty_id", label="心血管内科")
+    with village.expect_response(re.compile(r"/referrals/_targets")):  # the target list is redrawn: wait for it
+        village.select_option("#wanted_specialty_id", label="心血管内科")
     target = village.locator(f"#target-{world['county'].id}-{world['dept'].id}")
     expect(target).to_be_visible()
     target.check()

@@ -132,3 +132,18 @@ def test_the_vocabulary_is_served(client, tele: TeleWorld) -> None:  # noqa: ANN
     codes = client.get("/api/v1/ecg/codes", headers=f.bearer(client, "yx_senior")).json()
     stemi = next(c for c in codes if c["code"] == "stemi_inferior")
     assert stemi["critical"] is True and stemi["territory"] == "inferior" and stemi["group"] == "conclusion"
+
+
+def test_a_long_high_rate_recording_larger_than_the_general_body_limit_is_accepted(  # noqa: ANN001
+        client, tele: TeleWorld) -> None:
+    """A 40 s aECG at 2,000 Hz is about 2.5 MB of XML: uploads get the attachment limit, not the 2 MB one."""
+    from healthrelay.core.config import get_settings
+    from healthrelay.ecg.synthetic import synthetic_12_lead
+
+    long = synthetic_12_lead(duration_s=40, sample_rate=2000, seed=9, noise_mv=0.01,
+                             demographics=tracing().demographics, acquired_at=tracing().acquired_at)
+    files = aecg(long)
+    assert len(files["ecg.xml"]) > get_settings().max_body_bytes
+    response = _upload(client, f.bearer(client, "town_doc"), files, patient_id=str(tele.patient.id))
+    assert response.status_code == 201, response.text[:300]
+    assert response.json()["sample_rate"] == 2000

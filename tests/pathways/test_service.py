@@ -211,6 +211,7 @@ def test_link_and_close(db: Session, world: PathwayWorld) -> None:
 def test_every_change_reaches_the_parties_live_after_commit(db: Session, world: PathwayWorld,
                                                             database_url: str) -> None:
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     from healthrelay.notifications import live
 
@@ -232,7 +233,8 @@ def test_every_change_reaches_the_parties_live_after_commit(db: Session, world: 
         finally:
             live.bus.unsubscribe(sub)
 
-    got = asyncio.run(run())
+    with ThreadPoolExecutor(1) as pool:  # after a browser test, Playwright's loop may own this thread
+        got = pool.submit(asyncio.run, run()).result()
     node_events = {topic for topic, event in got if event["type"] == "pathway.changed" and event["action"] == "node"}
     assert node_events == {f"org:{world.county.id}", f"org:{world.town.id}"}
     assert all("王" not in str(event) for _, event in got)

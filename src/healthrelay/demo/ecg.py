@@ -20,7 +20,6 @@ from healthrelay.ecg import service as ecg
 from healthrelay.ecg.formats import Demographics, Tracing
 from healthrelay.ecg.models import EcgRecording
 from healthrelay.ecg.synthetic import INFERIOR_STEMI, synthetic_12_lead
-from healthrelay.imaging.models import Modality
 from healthrelay.imaging.service import ingest_ecg
 from healthrelay.patients.models import IdentifierType, Patient, PatientIdentifier, PatientRegistration
 from healthrelay.teleconsult import reports
@@ -96,10 +95,6 @@ def build_demo_ecgs(db: Session, *, now: datetime) -> dict[str, int]:
                via="web")
 
     # 石门镇's ECG cart sends an inferior STEMI over DICOM: urgent by the routing rule, waiting for a reader.
-    if db.execute(select(Modality).where(Modality.ae_title == ECG_CART_AE)).scalar() is None:
-        db.add(Modality(ae_title=ECG_CART_AE, organisation_id=org_ids[shimen], modality_type="ECG",
-                        name="石门镇中心卫生院 12 导联心电图机", contact_user_id=users["doc.shimen"].id))
-        db.flush()
     p_stemi = _patient(db, org_ids[shimen], skip=1)
     ingest_ecg(db, data=formats.to_dicom(_tracing(db, p_stemi, seed=14, heart_rate=88, stemi=True,
                                                   when=now - timedelta(minutes=12))),

@@ -26,7 +26,8 @@ from healthrelay.teleconsult.models import ConsultKind, ConsultRequest, Priority
 
 # Capability → (DICOM modality type, device name, AE title suffix).
 _DEVICES = {Capability.CT: ("CT", "CT", "CT"), Capability.MRI: ("MR", "磁共振", "MR"),
-            Capability.DR: ("DX", "DR 数字化X线摄影", "DR"), Capability.ULTRASOUND: ("US", "彩超", "US")}
+            Capability.DR: ("DX", "DR 数字化X线摄影", "DR"), Capability.ULTRASOUND: ("US", "彩超", "US"),
+            Capability.ECG: ("ECG", "12 导联心电图机", "ECG")}
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ _CONTACTS = {"QX-C03": "doc.shimen", "QX-C04": "doc.baisha", "QX-C09": "doc.qing
 
 
 def modalities() -> tuple[ModalityDef, ...]:
-    """One device per imaging capability at every hospital and health centre (not village clinics)."""
+    """One device per imaging capability at every hospital, health centre and ambulance station (not village
+    clinics): CT, MR, DR, ultrasound, and the ECG carts whose waveforms go to the ECG centre."""
     out = []
     for org in county.organisations():
         if org.level in (OrgLevel.VILLAGE, OrgLevel.PROVINCIAL) or not org.code.startswith("QX-"):

@@ -298,7 +298,7 @@ def _find_patient(db: Session, *, patient_id: int | None, demographics: dict[str
 def ecg_centre_for(db: Session, organisation_id: int) -> tuple[ReadingCentre, Priority | None] | None:
     """The member's ECG centre: an "ECG" routing rule (most specific first), else an active ECG centre of one
     of its alliances (another member's before its own)."""
-    rule = consult._matching_rule(db, modality_type="ECG", organisation_id=organisation_id)
+    rule = consult.matching_rule(db, modality_type="ECG", organisation_id=organisation_id)
     if rule is not None:
         centre = db.get(ReadingCentre, rule.centre_id)
         if centre is not None and centre.kind == ConsultKind.ECG:
@@ -338,10 +338,10 @@ def _request_for(db: Session, *, organisation_id: int, patient_id: int | None, p
     if via in ("dicom", "stow") and rule_priority is not None:
         priority = rule_priority
     created_via = "dimse" if via == "dicom" else via
-    request = consult._insert(
+    request = consult.insert_request(
         db, centre=centre, kind=ConsultKind.ECG, priority=priority, inviting_org_id=organisation_id, by=by,
         created_via=created_via, patient_id=patient_id,
-        inviting_department_id=consult._department_of(db, by) if by is not None else None,
+        inviting_department_id=consult.department_of(db, by) if by is not None else None,
         clinical_question=clinical_question or "心电图诊断 / ECG read",
         consent_kind=consult.ROUTED_CONSENT, consent_at=utcnow(),
         consent_recorded_by_user_id=by.id if by else None)
@@ -351,7 +351,7 @@ def _request_for(db: Session, *, organisation_id: int, patient_id: int | None, p
                              detail={"created_via": created_via, "uid": uid}))
     audit.record(db, actor=_actor(by, device=via), action="teleconsult.route", patient_id=patient_id,
                  resource=f"consult:{request.id}", detail={"centre_id": centre.id, "ecg_uid": uid})
-    consult._start_clock(db, request)
+    consult.start_clock(db, request)
     db.flush()
     announce.created(db, request=request)
     return request

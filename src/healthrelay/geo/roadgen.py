@@ -24,6 +24,7 @@ Edge = dict[str, Any]
 _M_PER_DEG_LAT = 111_195.0
 
 # Extra length a road has over its sampled polyline (switchbacks between sample points), per class.
+_TOWN_ROAD_MAX_M = 15_000.0  # beyond this a village is served through its neighbours, not a road of its own
 _WINDING = {"expressway": 1.02, "national": 1.05, "provincial": 1.08, "county": 1.12, "township": 1.15,
             "village": 1.15, "urban": 1.0}
 
@@ -170,6 +171,8 @@ def county_roads(places: Sequence[Place], *, seed: int, urban_radius_m: float = 
         place_node[first.key] = b.node(first.lat, first.lon, area_id=first.area_id, label=first.key)
     # Villages, nearest first (Prim's order): each joins the nearest already-reached town or village.
     reached = [place_node[p.key] for p in (*seats, *towns, *villages) if p.key in place_node]
+    town_nodes = [place_node[t.key] for t in towns if t.key in place_node] + hubs
+    hanging: list[tuple[Place, int]] = []
     pending = [v for v in villages if v.key not in place_node]
     if pending and reached:
         px = np.array([v.lon * b.kx for v in pending])
@@ -199,6 +202,14 @@ def county_roads(places: Sequence[Place], *, seed: int, urban_radius_m: float = 
             d = dist_to(key)
             closer = d < best
             best[closer], best_node[closer] = d[closer], key
+            if not in_city(v) and k not in town_nodes:
+                hanging.append((v, key))
+    # A village hanging off another village also has its own road to the nearest town: chains of village
+    # lanes alone would make a village 6 km from its town an hour's drive away, which no county has.
+    for v, key in hanging:
+        town = nearest((v.lat, v.lon), town_nodes)
+        if b.distance((v.lat, v.lon), b.pos(town)) <= _TOWN_ROAD_MAX_M:
+            b.road(town, key, "township", wiggle=0.1)
     return b.nodes, b.edges
 
 

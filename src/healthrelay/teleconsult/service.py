@@ -301,7 +301,7 @@ def _cancel_escalations(db: Session, request: ConsultRequest) -> None:
         timers.cancel(db, dedupe_key=escalation_key(request, level))
 
 
-def _start_clock(db: Session, request: ConsultRequest) -> None:
+def start_clock(db: Session, request: ConsultRequest) -> None:
     schedule_escalation(db, request, level=1, due_at=request.report_due_at)
 
 
@@ -382,13 +382,15 @@ def validate(db: Session, *, by: User, data: RequestInput) -> tuple[ReadingCentr
     return centre, kind, priority
 
 
-def _department_of(db: Session, user: User) -> int | None:
+def department_of(db: Session, user: User) -> int | None:
+    """The department of the user's post at their own organisation, recorded as the inviting department."""
     post = db.get(Post, user.post_id) if user.post_id is not None else None
     return post.department_id if post is not None and post.organisation_id == user.organisation_id else None
 
 
-def _insert(db: Session, *, centre: ReadingCentre, kind: ConsultKind, priority: Priority, inviting_org_id: int,
-            by: User | None, created_via: str, **fields: Any) -> ConsultRequest:
+def insert_request(db: Session, *, centre: ReadingCentre, kind: ConsultKind, priority: Priority, inviting_org_id: int,
+                   by: User | None, created_via: str, **fields: Any) -> ConsultRequest:
+    """Write a new request with its number and report deadline; callers record its first transition."""
     now = utcnow()
     request = ConsultRequest(
         number=f"tmp-{uuid.uuid4().hex[:30]}", kind=kind, priority=priority, state=ConsultState.REQUESTED,
@@ -411,9 +413,9 @@ def create_request(db: Session, *, by: User, data: RequestInput, created_via: st
     patient = access.resolve_patient(db, data.patient_id)
     access.require_patient_access(db, user=by, patient_id=patient.id, action="teleconsult.create",
                                   client_address=client_address)
-    request = _insert(
+    request = insert_request(
         db, centre=centre, kind=kind, priority=priority, inviting_org_id=by.organisation_id, by=by,
-        created_via=created_via, patient_id=patient.id, inviting_department_id=_department_of(db, by),
+        created_via=created_via, patient_id=patient.id, inviting_department_id=department_of(db, by),
         wanted_specialty_id=data.wanted_specialty_id, wanted_grade=data.wanted_grade,
         clinical_question=data.clinical_question.strip(), case_summary=data.case_summary.strip(),
         consent_kind=data.consent_kind, consent_recorded_by_user_id=by.id, consent_at=utcnow())
@@ -423,7 +425,7 @@ def create_request(db: Session, *, by: User, data: RequestInput, created_via: st
     audit.record(db, actor=_actor(by, client_address), action="teleconsult.create", patient_id=patient.id,
                  resource=f"consult:{request.id}", detail={"centre_id": centre.id, "priority": str(priority),
                                                            "consent_kind": data.consent_kind})
-    _start_clock(db, request)
+    start_clock(db, request)
     db.flush()
     announce.created(db, request=request)
     return request
@@ -437,7 +439,7 @@ def _open_imaging_requests(organisation_id: int) -> Select[tuple[ConsultRequest]
                                         ConsultRequest.state.in_(OPEN_STATES))
 
 
-def _matching_rule(db: Session, *, modality_type: str, organisation_id: int) -> RoutingRule | None:
+def matching_rule(db: Session, *, modality_type: str, organisation_id: int) -> RoutingRule | None:
     specificity = (case((RoutingRule.modality_type != "", 2), else_=0)
                    + case((RoutingRule.from_organisation_id.is_not(None), 1), else_=0))
     return db.execute(
@@ -497,14 +499,14 @@ def route_study(db: Session, *, study: ImagingStudy, modality_type: str, organis
         if found is not None:
             link_study(db, request=found, study=study, by=requested_by, how="patient")
             return found
-    rule = _matching_rule(db, modality_type=modality_type or "", organisation_id=organisation_id)
+    rule = matching_rule(db, modality_type=modality_type or "", organisation_id=organisation_id)
     if rule is None:
         return None
     centre = db.get(ReadingCentre, rule.centre_id)
     assert centre is not None
     via = _received_via(db, study)
     question = " ".join(p for p in (modality_type, study.description) if p).strip()
-    request = _insert(
+    request = insert_request(
         db, centre=centre, kind=centre.kind, priority=rule.priority, inviting_org_id=organisation_id,
         by=requested_by, created_via=via, patient_id=study.patient_id,
         clinical_question=question or "影像诊断 / imaging read",
@@ -519,7 +521,7 @@ def route_study(db: Session, *, study: ImagingStudy, modality_type: str, organis
                                      "study_instance_uid": study.study_instance_uid}))
     audit.record(db, actor=_actor(requested_by), action="teleconsult.route", patient_id=study.patient_id,
                  resource=f"consult:{request.id}", detail={"rule_id": rule.id, "study_id": study.id})
-    _start_clock(db, request)
+    start_clock(db, request)
     db.flush()
     announce.created(db, request=request)
     return request
