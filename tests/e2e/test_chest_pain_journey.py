@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
@@ -34,6 +35,7 @@ from tests.browser import SCREENSHOTS
 
 pytestmark = pytest.mark.e2e
 
+SHANGHAI = ZoneInfo("Asia/Shanghai")
 LIVE = 20_000  # ms: live events arrive within a second or two; the boards also poll every 30 s as a fallback
 
 
@@ -102,6 +104,8 @@ def test_stemi_from_a_village_ecg_to_balloon(screens: dict[str, Page], db: Sessi
     village.set_input_files("#files", str(ecg_file))
     village.check("#priority-emergency")
     village.fill("#clinical_question", "胸痛两小时，大汗")
+    seen = (taken - timedelta(minutes=5)).astimezone(SHANGHAI)  # the village doctor saw the patient first
+    village.fill("#first_contact_at", seen.strftime("%Y-%m-%dT%H:%M"))
     village.click("#upload-submit")
     expect(village).to_have_url(re.compile(r"/teleconsult/\d+"))
     request_id = int(re.search(r"/teleconsult/(\d+)", village.url).group(1))
@@ -175,4 +179,6 @@ def test_stemi_from_a_village_ecg_to_balloon(screens: dict[str, Page], db: Sessi
     expect(intervals).to_contain_text(re.compile(r"D2B|进门-球囊"))
     expect(intervals).to_contain_text("90")
     expect(intervals).to_contain_text("✓")
+    # The clock started at the village doctor's first contact, five minutes before the ECG.
+    expect(intervals).to_contain_text(re.compile(r"首次医疗接触至首份心电图\s*[56]\s*分钟\s*< 10\s*✓"))
     cardio.screenshot(path=str(SCREENSHOTS / "chest-pain-3-case-d2b.png"), full_page=True)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import numpy as np
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from healthrelay.audit.models import AuditEvent
+from healthrelay.core.db import utcnow
 from healthrelay.core.errors import AccessDenied, Conflict, InvalidInput
 from healthrelay.directory.models import Capability, OrganisationCapability
 from healthrelay.ecg import formats, service
@@ -284,6 +287,34 @@ def test_a_signed_stemi_is_critical_and_opens_the_chest_pain_pathway_and_a_trans
     call = db.execute(select(EmergencyCall).where(EmergencyCall.ecg_request_id == rec.consult_request_id)).scalar_one()
     assert call.pathway_case_id == case.id and call.patient_id == tele.patient.id
     assert str(call.category) == "chest_pain"
+
+
+def test_the_clinics_first_contact_time_becomes_the_pathways_first_medical_contact(
+        db: Session, tele: TeleWorld) -> None:
+    """The village saw the patient before the tracing: that is where the chest-pain clock starts."""
+    tr = tracing(stemi=True)
+    seen = tr.acquired_at - timedelta(minutes=7)
+    rec = _ingest(db, tele, dicom(tr), patient_id=tele.patient.id, first_contact_at=seen)
+    assert rec.first_contact_at == seen
+    consult.claim(db, by=tele.senior, request_id=rec.consult_request_id)
+    reports.sign(db, request_id=rec.consult_request_id, by=tele.senior, data=_coded("stemi_inferior"))
+    db.commit()
+    case = db.execute(select(PathwayCase).where(PathwayCase.ecg_request_id == rec.consult_request_id)).scalar_one()
+    nodes = {n.node: n.at for n in db.execute(select(PathwayNode).where(PathwayNode.case_id == case.id)).scalars()}
+    assert nodes["first_medical_contact"] == seen and nodes["first_ecg"] == tr.acquired_at
+
+
+def test_a_first_contact_after_the_tracing_or_in_the_future_is_refused_and_nothing_is_written(
+        db: Session, tele: TeleWorld) -> None:
+    tr = tracing(seed=21)
+    for when, words in ((tr.acquired_at + timedelta(minutes=3), "after the ECG"),
+                        (utcnow() + timedelta(hours=1), "in the future")):
+        with pytest.raises(InvalidInput, match="first") as caught:
+            service.ingest(db, files=dicom(tr), organisation_id=tele.town.id, by=tele.requester,
+                           patient_id=tele.patient.id, first_contact_at=when)
+        db.rollback()
+        assert caught.value.field_errors == [{"field": "first_contact_at", "message": words}]
+    assert _count(db, EcgRecording) == 0 and _count(db, ConsultRequest) == 0
 
 
 def test_a_trainees_preliminary_stemi_opens_the_pathway_without_waiting(db: Session, tele: TeleWorld) -> None:

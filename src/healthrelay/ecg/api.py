@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
+from pydantic import AwareDatetime
 
 from healthrelay.core.db import utcnow
 from healthrelay.core.deps import CurrentUser, DbSession, client_address
@@ -59,8 +60,10 @@ async def read_uploads(files: list[UploadFile]) -> dict[str, bytes]:
              dependencies=[Depends(_csrf_unless_bearer)])
 async def upload(request: Request, db: DbSession, user: CurrentUser, files: Annotated[list[UploadFile], File()],
                  patient_id: Annotated[int | None, Form()] = None, priority: Annotated[str, Form()] = "urgent",
-                 clinical_question: Annotated[str, Form(max_length=2000)] = "") -> Response:
-    """Upload one ECG (DICOM, HL7 aECG, CSV, or WFDB .hea + .dat) for the ECG centre to read.
+                 clinical_question: Annotated[str, Form(max_length=2000)] = "",
+                 first_contact_at: Annotated[AwareDatetime | None, Form()] = None) -> Response:
+    """Upload one ECG (DICOM, HL7 aECG, CSV, or WFDB .hea + .dat) for the ECG centre to read; `first_contact_at`
+    (ISO 8601 with offset) is when the clinic first saw the patient.
 
     201 with the new recording; 200 with the recording already there when the same tracing is sent again."""
     if user.organisation_id is None:
@@ -69,7 +72,7 @@ async def upload(request: Request, db: DbSession, user: CurrentUser, files: Anno
     started = utcnow()
     rec = service.ingest(db, files=data, organisation_id=user.organisation_id, by=user, patient_id=patient_id,
                          priority=priority, clinical_question=clinical_question, via="api",
-                         client_address=client_address(request))
+                         client_address=client_address(request), first_contact_at=first_contact_at)
     created = rec.received_at >= started
     return JSONResponse(recording_out(rec).model_dump(mode="json"), status_code=201 if created else 200)
 

@@ -47,7 +47,8 @@ def stemi_signed(db: Session, request: ConsultRequest, report: Report, user: Use
     try:
         with db.begin_nested():  # a refusal here undoes only the pathway's part; the signature stands
             _open_pathway(db, request=request, user=user, label=statement.label, first_ecg=first_ecg,
-                          received=received, signed=signed)
+                          received=received, signed=signed,
+                          first_contact=recordings[0].first_contact_at if recordings else None)
     except DomainError as exc:
         log.warning("STEMI on %s: pathway not opened: %s", request.number, exc.message)
         audit.record(db, actor=access.actor_of(user), action="ecg.stemi_pathway", outcome="failed",
@@ -56,10 +57,12 @@ def stemi_signed(db: Session, request: ConsultRequest, report: Report, user: Use
 
 
 def _open_pathway(db: Session, *, request: ConsultRequest, user: User, label: str, first_ecg: datetime,
-                  received: datetime, signed: datetime | None) -> None:
+                  received: datetime, signed: datetime | None, first_contact: datetime | None) -> None:
     from healthrelay.pathways import service as pathways
 
     nodes = {"first_ecg": first_ecg, "ecg_transmitted": received}
+    if first_contact is not None:  # the clinic that took the tracing was the first medical contact
+        nodes["first_medical_contact"] = first_contact
     if signed is not None:
         nodes |= {"ecg_read": signed, "diagnosis": signed}
     case = pathways.open_case(db, centre="chest_pain", patient_id=request.patient_id, by=user, source="ecg",

@@ -46,6 +46,9 @@ class EcgRecording(Base):
     device: Mapped[str] = mapped_column(String(200), default="")
     uploaded_by_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     acquired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the clinic first saw the patient (接诊), if the uploader says: the chest-pain pathway's first medical
+    # contact for a STEMI found on this tracing, which no ambulance can supply when the village came first.
+    first_contact_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sample_rate: Mapped[float] = mapped_column(Float)
     duration_s: Mapped[float] = mapped_column(Float)

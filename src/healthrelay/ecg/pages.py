@@ -22,6 +22,7 @@ from healthrelay.ecg import flows as flows  # noqa: F401 - registers the STEMI h
 from healthrelay.ecg import render, service
 from healthrelay.ecg.api import read_uploads
 from healthrelay.ecg.models import MATCH_UNMATCHED, EcgRecording
+from healthrelay.pathways.pages import parse_local
 from healthrelay.patients import service as patients
 from healthrelay.teleconsult import reports
 from healthrelay.teleconsult import service as consult
@@ -74,24 +75,26 @@ def upload_page(request: Request, db: DbSession, user: CurrentUser, patient_id: 
 async def upload_submit(request: Request, db: DbSession, user: CurrentUser,
                         files: Annotated[list[UploadFile | str], File()] = [],  # noqa: B006 - FastAPI's form default
                         patient_id: FormText = "", priority: FormText = "urgent",
-                        clinical_question: FormText = "") -> Response:
-    form = {"patient_id": patient_id.strip(), "priority": priority.strip(), "clinical_question": clinical_question}
+                        clinical_question: FormText = "", first_contact_at: FormText = "") -> Response:
+    form = {"patient_id": patient_id.strip(), "priority": priority.strip(), "clinical_question": clinical_question,
+            "first_contact_at": first_contact_at.strip()}
     try:
         problems = FormProblems()
         pid = problems.opt_int("patient_id", form["patient_id"])
         problems.raise_if_any()
+        first_contact = parse_local(form["first_contact_at"], "first_contact_at") if form["first_contact_at"] else None
         data = await read_uploads([f for f in files if not isinstance(f, str)])
         if user.organisation_id is None:
             raise InvalidInput("只有机构人员可以上传心电图 / only staff of an organisation upload ECGs")
         rec = service.ingest(db, files=data, organisation_id=user.organisation_id, by=user, patient_id=pid,
                              priority=form["priority"] or "urgent", clinical_question=clinical_question.strip(),
-                             via="web", client_address=client_address(request))
+                             via="web", client_address=client_address(request), first_contact_at=first_contact)
     except DomainError as exc:
         reraise_if_access(exc)
         db.rollback()
         invalid = messages_by_field(exc.field_errors)
         for name in list(invalid):  # a problem inside a file (named by its part) shows at the file input
-            if name not in ("patient_id", "priority", "clinical_question", "files"):
+            if name not in ("patient_id", "priority", "clinical_question", "first_contact_at", "files"):
                 invalid.setdefault("files", invalid.pop(name))
         return _upload_page(request, db, user, form=form, invalid=invalid, error=exc.message,
                             status_code=exc.status_code)

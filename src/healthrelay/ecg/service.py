@@ -19,6 +19,7 @@ import zipfile
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 from sqlalchemy import exists, select
@@ -47,6 +48,7 @@ from healthrelay.teleconsult.models import (
 if TYPE_CHECKING:
     from healthrelay.ecg.formats import Tracing
 
+SHANGHAI = ZoneInfo("Asia/Shanghai")
 log = logging.getLogger("healthrelay.ecg")
 
 STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -187,12 +189,32 @@ def _validate_upload(db: Session, *, files: dict[str, bytes], organisation_id: i
     return chosen
 
 
+def _check_first_contact(first_contact_at: datetime | None, *, acquired_at: datetime | None) -> None:
+    """The first contact comes before the tracing (it is why there is one) and is not in the future."""
+    if first_contact_at is None:
+        return
+    if first_contact_at.tzinfo is None:
+        raise InvalidInput("首次医疗接触时间须带时区 / the first-contact time needs a time zone",
+                           field_errors=[field_error("first_contact_at", "naive time")])
+    local = "%m-%d %H:%M"
+    if first_contact_at > utcnow() + timedelta(minutes=2):
+        raise InvalidInput("首次医疗接触时间不能晚于现在 / the first-contact time is in the future",
+                           field_errors=[field_error("first_contact_at", "in the future")])
+    if acquired_at is not None and first_contact_at > acquired_at:
+        shown = first_contact_at.astimezone(SHANGHAI).strftime(local)
+        taken = acquired_at.astimezone(SHANGHAI).strftime(local)
+        raise InvalidInput(f"首次医疗接触 {shown} 晚于心电图采集 {taken} / first contact {shown} is after the ECG "
+                           f"was taken {taken}", field_errors=[field_error("first_contact_at", "after the ECG")])
+
+
 def ingest(db: Session, *, files: dict[str, bytes], organisation_id: int, by: User | None,
            patient_id: int | None = None, priority: str = "urgent", clinical_question: str = "",
-           via: str = "web", client_address: str = "", source: str = "") -> EcgRecording:
+           via: str = "web", client_address: str = "", source: str = "",
+           first_contact_at: datetime | None = None) -> EcgRecording:
     """Take in one ECG (its file, or a WFDB .hea + .dat pair) from a member: flagged, measured, matched, on the
     ECG centre's worklist. The same tracing again returns the recording already there and writes nothing.
-    `source` names a sending device (its calling AE title) in the audit trail when no user sent it."""
+    `source` names a sending device (its calling AE title) in the audit trail when no user sent it;
+    `first_contact_at` is when the clinic first saw the patient, if the uploader gave it."""
     from healthrelay.ecg import formats, quality
 
     chosen = _validate_upload(db, files=files, organisation_id=organisation_id, by=by, priority=priority,
@@ -205,6 +227,7 @@ def ingest(db: Session, *, files: dict[str, bytes], organisation_id: int, by: Us
             raise Conflict("该心电图已由其他机构上传 / this ECG was already sent by another organisation",
                            code="ecg_conflict", field_errors=[field_error("files", f"uid {uid}")])
         return existing
+    _check_first_contact(first_contact_at, acquired_at=_aware(tr.acquired_at))
     demographics = _demographics_dict(tr)
     raw_flags = quality.check(tr)
     flags = [_flag_dict(f) for f in raw_flags]
@@ -242,6 +265,7 @@ def ingest(db: Session, *, files: dict[str, bytes], organisation_id: int, by: Us
         patient_match=match, match_note=match_note[:300], demographics=demographics,
         source_format=str(tr.source_format or "")[:20], received_via=via, device=str(tr.device or "")[:200],
         uploaded_by_user_id=by.id if by else None, acquired_at=_aware(tr.acquired_at), received_at=now,
+        first_contact_at=first_contact_at,
         sample_rate=float(tr.sample_rate), duration_s=round(duration, 3), lead_names=names, samples=packed,
         original=_original_zip(files), sha256=_files_hash(files), quality_flags=flags, measurable=measurable,
         measurements=measurements, measure_note=note[:2000], suggested_codes=suggested, number_of_leads=len(names))
