@@ -22,12 +22,11 @@ from healthrelay.ecg import flows as flows  # noqa: F401 - registers the STEMI h
 from healthrelay.ecg import render, service
 from healthrelay.ecg.api import read_uploads
 from healthrelay.ecg.models import MATCH_UNMATCHED, EcgRecording
-from healthrelay.pathways.pages import parse_local
 from healthrelay.patients import service as patients
 from healthrelay.teleconsult import reports
 from healthrelay.teleconsult import service as consult
 from healthrelay.teleconsult.models import ConsultKind, ConsultRequest, Priority
-from healthrelay.web.forms import FormProblems, messages_by_field, reraise_if_access
+from healthrelay.web.forms import FormProblems, messages_by_field, parse_local, reraise_if_access
 from healthrelay.web.templating import render as render_page
 
 router = APIRouter(include_in_schema=False)

@@ -27,14 +27,13 @@ from healthrelay.directory.models import Organisation
 from healthrelay.pathways import flows as flows  # noqa: F401  (registers the care-relationship check)
 from healthrelay.pathways import metrics, service
 from healthrelay.pathways.models import CaseState, Centre, MetricTarget, PathwayCase, PathwayNode
-from healthrelay.web.forms import FormProblems, messages_by_field, reraise_if_access
+from healthrelay.web.forms import LOCAL_INPUT, FormProblems, messages_by_field, parse_local, reraise_if_access
 from healthrelay.web.i18n import translate
 from healthrelay.web.templating import render, request_locale
 
 router = APIRouter(include_in_schema=False)
 FormText = Annotated[str, Form()]
 _SHANGHAI = ZoneInfo("Asia/Shanghai")
-LOCAL_INPUT = "%Y-%m-%dT%H:%M"
 # A running clock turns amber at this share of its target and red at the target.
 AMBER_FRACTION = 2 / 3
 CENTRES = tuple(Centre)
@@ -116,16 +115,6 @@ def _node_label(defs: dict[str, Any], code: str, locale: str) -> str:
     if d is None:
         return code
     return d.zh if locale == "zh" else d.en
-
-
-def parse_local(value: str, field: str) -> datetime:
-    """A datetime-local input (Shanghai wall time) as an aware UTC instant."""
-    try:
-        naive = datetime.strptime(value.strip(), LOCAL_INPUT)
-    except ValueError:
-        raise InvalidInput("时间格式应为 年-月-日 时:分 / the time must read YYYY-MM-DD HH:MM",
-                           field_errors=[field_error(field, "bad time")]) from None
-    return naive.replace(tzinfo=_SHANGHAI)
 
 
 def now_local() -> str:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from healthrelay.core.errors import DomainError, InvalidInput, field_error
+
+LOCAL_INPUT = "%Y-%m-%dT%H:%M"  # what <input type="datetime-local"> sends
+_SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
 class FormProblems:
@@ -51,3 +56,13 @@ def reraise_if_access(exc: DomainError) -> None:
     """Access problems get the error page (with break-the-glass where it applies), not the form."""
     if exc.status_code in (401, 403, 404):
         raise exc
+
+
+def parse_local(value: str, field: str) -> datetime:
+    """A datetime-local input (Shanghai wall time) as an aware UTC instant."""
+    try:
+        naive = datetime.strptime(value.strip(), LOCAL_INPUT)
+    except ValueError:
+        raise InvalidInput("时间格式应为 年-月-日 时:分 / the time must read YYYY-MM-DD HH:MM",
+                           field_errors=[field_error(field, "bad time")]) from None
+    return naive.replace(tzinfo=_SHANGHAI)
