@@ -27,7 +27,7 @@ from healthrelay.core.security import hash_password
 from healthrelay.demo import county
 from healthrelay.demo import imaging as demo_imaging
 from healthrelay.demo.ecg import build_demo_ecgs
-from healthrelay.demo.emergency import build_demo_emergency
+from healthrelay.demo.emergency import CALLS_PER_YEAR, build_demo_emergency
 from healthrelay.demo.logins import DEMO_PASSWORD, logins
 from healthrelay.demo.pathways import build_demo_pathways
 from healthrelay.demo.referrals import build_demo_referrals
@@ -410,7 +410,9 @@ class _Builder:
         return f"{made['nodes']:,} road nodes, {made['edges']:,} road segments"
 
     def _build_emergency(self) -> str:
-        made = build_demo_emergency(self.db, seed=self.seed, now=self.now)
+        # A year of 120 calls in proportion to the people (3,000 for the 20,000 of the full demo).
+        calls = max(300, round(CALLS_PER_YEAR * self.residents / 20_000))
+        made = build_demo_emergency(self.db, seed=self.seed, now=self.now, calls_per_year=calls)
         self.counts.update(made)
         return ", ".join(f"{v:,} {k}" for k, v in made.items())
 

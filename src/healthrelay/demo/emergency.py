@@ -170,7 +170,8 @@ def _received_times(rng: random.Random, now: datetime, n: int) -> list[datetime]
     return sorted(out)
 
 
-def build_demo_emergency(db: Session, *, seed: int, now: datetime) -> dict[str, int]:
+def build_demo_emergency(db: Session, *, seed: int, now: datetime,
+                         calls_per_year: int = CALLS_PER_YEAR) -> dict[str, int]:
     """Ambulances and a year of closed calls ending before `now`; returns counts (does nothing twice)."""
     rng = random.Random(f"emergency-{seed}")
     made = build_ambulances(db, now=now)
@@ -192,7 +193,7 @@ def build_demo_emergency(db: Session, *, seed: int, now: datetime) -> dict[str, 
         s, minutes = min(options, key=lambda o: o[1]) if options else (stations[0], 30.0)  # type: ignore[arg-type,return-value]
         home.append((s, float(minutes)))  # type: ignore[arg-type]
     weights = [v.weight for v in villages]
-    times = _received_times(rng, now, CALLS_PER_YEAR)
+    times = _received_times(rng, now, calls_per_year)
     ids = _reserve(db, "emergency_calls", EmergencyCall, len(times))
     cats, shares = zip(*CATEGORY_SHARES, strict=True)
     calls: list[dict[str, Any]] = []
