@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from pydantic import AwareDatetime
+from starlette.concurrency import run_in_threadpool
 
 from healthrelay.core.db import utcnow
 from healthrelay.core.deps import CurrentUser, DbSession, client_address
@@ -70,9 +71,10 @@ async def upload(request: Request, db: DbSession, user: CurrentUser, files: Anno
         raise AccessDenied("只有机构人员可以上传心电图 / only staff of an organisation upload ECGs")
     data = await read_uploads(files)
     started = utcnow()
-    rec = service.ingest(db, files=data, organisation_id=user.organisation_id, by=user, patient_id=patient_id,
-                         priority=priority, clinical_question=clinical_question, via="api",
-                         client_address=client_address(request), first_contact_at=first_contact_at)
+    rec = await run_in_threadpool(  # off the event loop, so a wait for SQLite's write lock stalls nobody else
+        service.ingest, db, files=data, organisation_id=user.organisation_id, by=user, patient_id=patient_id,
+        priority=priority, clinical_question=clinical_question, via="api", client_address=client_address(request),
+        first_contact_at=first_contact_at)
     created = rec.received_at >= started
     return JSONResponse(recording_out(rec).model_dump(mode="json"), status_code=201 if created else 200)
 

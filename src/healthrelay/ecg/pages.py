@@ -12,6 +12,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from healthrelay.access import service as access
 from healthrelay.accounts.models import User
@@ -78,15 +79,27 @@ async def upload_submit(request: Request, db: DbSession, user: CurrentUser,
     form = {"patient_id": patient_id.strip(), "priority": priority.strip(), "clinical_question": clinical_question,
             "first_contact_at": first_contact_at.strip()}
     try:
+        data: dict[str, bytes] = await read_uploads([f for f in files if not isinstance(f, str)])
+        unread: DomainError | None = None
+    except DomainError as exc:
+        data, unread = {}, exc
+    # The database work runs in the thread pool: see report_submit.
+    return await run_in_threadpool(_upload_submit, request, db, user, form, data, unread)
+
+
+def _upload_submit(request: Request, db: Session, user: User, form: dict[str, str], data: dict[str, bytes],
+                   unread: DomainError | None) -> Response:
+    try:
         problems = FormProblems()
         pid = problems.opt_int("patient_id", form["patient_id"])
         problems.raise_if_any()
         first_contact = parse_local(form["first_contact_at"], "first_contact_at") if form["first_contact_at"] else None
-        data = await read_uploads([f for f in files if not isinstance(f, str)])
+        if unread is not None:
+            raise unread
         if user.organisation_id is None:
             raise InvalidInput("只有机构人员可以上传心电图 / only staff of an organisation upload ECGs")
         rec = service.ingest(db, files=data, organisation_id=user.organisation_id, by=user, patient_id=pid,
-                             priority=form["priority"] or "urgent", clinical_question=clinical_question.strip(),
+                             priority=form["priority"] or "urgent", clinical_question=form["clinical_question"].strip(),
                              via="web", client_address=client_address(request), first_contact_at=first_contact)
     except DomainError as exc:
         reraise_if_access(exc)
@@ -224,6 +237,12 @@ def _invalid_on_form(errors: list[dict[str, Any]]) -> dict[str, str]:
 async def report_submit(request: Request, db: DbSession, user: CurrentUser, recording_id: int) -> Response:
     """Save the draft or sign it (action=save|sign) through teleconsult's report rules."""
     values = await request.form()
+    # The database work runs in the thread pool: blocking the event loop on SQLite's write lock would stall
+    # the request that holds it (its commit needs the loop) until the busy timeout.
+    return await run_in_threadpool(_report_submit, request, db, user, recording_id, values)
+
+
+def _report_submit(request: Request, db: Session, user: User, recording_id: int, values: Any) -> Response:
     form = _form_from(values)
     action = str(values.get("action", "save"))
     rec = service.get_recording_for(db, recording_id=recording_id, user=user, client_address=client_address(request))

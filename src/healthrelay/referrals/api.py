@@ -6,6 +6,7 @@ from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
+from starlette.concurrency import run_in_threadpool
 
 from healthrelay.core.config import get_settings
 from healthrelay.core.deps import CurrentUser, DbSession, client_address
@@ -137,8 +138,9 @@ async def attach(referral_id: int, request: Request, db: DbSession, user: Curren
     if len(content) > limit:
         raise InvalidInput(f"文件超过 {limit // (1024 * 1024)} MB 上限 / file is over the "
                            f"{limit // (1024 * 1024)} MB limit", field_errors=[field_error("file", "too large")])
-    row = service.add_attachment(db, by=user, referral_id=referral_id, filename=file.filename or "",
-                                 content=content, description=description, client_address=client_address(request))
+    row = await run_in_threadpool(  # off the event loop, so a wait for SQLite's write lock stalls nobody else
+        service.add_attachment, db, by=user, referral_id=referral_id, filename=file.filename or "",
+        content=content, description=description, client_address=client_address(request))
     return AttachmentOut.model_validate(row)
 
 
