@@ -104,8 +104,11 @@ def test_record_node_refuses_out_of_order_naming_both_nodes_and_times(db: Sessio
     early = activation - timedelta(minutes=15)
     with pytest.raises(Conflict) as refused:
         service.record_node(db, case_id=case.id, node="wire_crossing", at=early, by=doc)
-    hhmm = early.astimezone(service._SHANGHAI).strftime("%H:%M")
-    act = activation.astimezone(service._SHANGHAI).strftime("%H:%M")
+    # Times read as 08:40; across midnight in Shanghai each carries its date too.
+    fmt = "%H:%M" if early.astimezone(service._SHANGHAI).date() == activation.astimezone(service._SHANGHAI).date() \
+        else "%m-%d %H:%M"
+    hhmm = early.astimezone(service._SHANGHAI).strftime(fmt)
+    act = activation.astimezone(service._SHANGHAI).strftime(fmt)
     assert refused.value.message == (f"球囊扩张 {hhmm} 早于导管室激活 {act} / wire crossing {hhmm} is before "
                                      f"cath-lab activation {act}")
     db.rollback()
