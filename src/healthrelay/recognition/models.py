@@ -1,0 +1,3 @@
+"""recognition tables (see the package docstring)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""results tables (see the package docstring)."""
+
+from __future__ import annotations
