@@ -9,10 +9,11 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.orm import Session
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,21 +80,87 @@ def _truncate_all(url: str) -> None:
     engine.dispose()
 
 
-@pytest.fixture
-def database_url(migrated_template: str, tmp_path: Path) -> Iterator[str]:
+# --- the demo county, built once per run ------------------------------------------------------------------
+
+DEMO_SEED = 2026
+DEMO_RESIDENTS = 600
+
+
+@dataclass(frozen=True)
+class DemoSnapshot:
+    url: str  # a SQLite file to copy, or a PostgreSQL database to use as a template
+    lines: list[str]  # what the build printed
+
+
+def _pg_admin(url: str, *statements: str) -> None:
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        for statement in statements:
+            conn.execute(text(statement))
+    engine.dispose()
+
+
+def _pg_sibling(name: str) -> str:
+    return make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def demo_snapshot(migrated_template: str, data_dir: Path) -> DemoSnapshot:
+    """The small demo county (600 residents) built through the real entry point, once; every test that asks for
+    `built` starts from a copy of it (a file copy, or CREATE DATABASE ... TEMPLATE on PostgreSQL)."""
     from healthrelay.core.db import reset_caches
+    from healthrelay.core.migrate import upgrade
+    from healthrelay.demo.build import build_demo_if_missing
 
     if PG_URL:
+        name = f"{make_url(PG_URL).database}_demo"
+        _pg_admin(PG_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
+        url = _pg_sibling(name)
+        upgrade(url)
+    else:
+        snapshot = data_dir / "demo.sqlite3"
+        shutil.copyfile(migrated_template, snapshot)
+        url = f"sqlite:///{snapshot}"
+    os.environ["HEALTHRELAY_DATABASE_URL"] = url
+    reset_caches()
+    lines: list[str] = []
+    try:
+        assert build_demo_if_missing(seed=DEMO_SEED, residents=DEMO_RESIDENTS, progress=lines.append) is True
+    finally:
+        reset_caches()
+    return DemoSnapshot(url=url, lines=lines)
+
+
+@pytest.fixture
+def built(database_url: str, demo_snapshot: DemoSnapshot) -> list[str]:
+    """This test's database holds the built demo county; returns the progress lines the build printed."""
+    return demo_snapshot.lines
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, migrated_template: str, tmp_path: Path) -> Iterator[str]:
+    from healthrelay.core.db import reset_caches
+
+    demo: DemoSnapshot | None = request.getfixturevalue("demo_snapshot") if "built" in request.fixturenames else None
+    scratch = ""
+    if PG_URL and demo is not None:
+        scratch = f"{make_url(PG_URL).database}_demo_test"
+        _pg_admin(PG_URL, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)',
+                  f'CREATE DATABASE "{scratch}" TEMPLATE "{make_url(demo.url).database}"')
+        url = _pg_sibling(scratch)
+    elif PG_URL:
         _truncate_all(PG_URL)
         url = PG_URL
     else:
         copy = tmp_path / "test.sqlite3"
-        shutil.copyfile(migrated_template, copy)
+        shutil.copyfile(demo.url.removeprefix("sqlite:///") if demo else migrated_template, copy)
         url = f"sqlite:///{copy}"
     os.environ["HEALTHRELAY_DATABASE_URL"] = url
     reset_caches()
     yield url
     reset_caches()
+    if scratch:
+        _pg_admin(PG_URL, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
 
 
 @pytest.fixture

@@ -29,7 +29,15 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         settings = get_settings()
         receiver = start_receiver(get_sessionmaker(), host=settings.dicom_host, port=settings.dicom_port,
                                   ae_title=settings.dicom_ae_title)
+    listener = None
+    if os.environ.get("HEALTHRELAY_RUN_HL7") == "1":
+        from healthrelay.hl7.listener import start_listener
+
+        settings = get_settings()
+        listener = start_listener(get_sessionmaker(), host=settings.hl7_host, port=settings.hl7_port)
     yield
+    if listener is not None:
+        listener.shutdown()
     if receiver is not None:
         receiver.shutdown()
     if thread is not None:

@@ -15,7 +15,8 @@ audit_app = typer.Typer(help="Audit trail tools", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
 
-def _serve(host: str | None, port: int | None, *, run_timers: bool = True, run_dicom: bool = True) -> None:
+def _serve(host: str | None, port: int | None, *, run_timers: bool = True, run_dicom: bool = True,
+           run_hl7: bool = True) -> None:
     import uvicorn
 
     from healthrelay.core.config import get_settings
@@ -25,6 +26,8 @@ def _serve(host: str | None, port: int | None, *, run_timers: bool = True, run_d
         os.environ["HEALTHRELAY_RUN_TIMERS"] = "1"
     if run_dicom:
         os.environ["HEALTHRELAY_RUN_DICOM"] = "1"
+    if run_hl7:
+        os.environ["HEALTHRELAY_RUN_HL7"] = "1"
     uvicorn.run("healthrelay.asgi:app", host=host or settings.host, port=port or settings.port,
                 log_level="info", proxy_headers=False)
 
@@ -44,10 +47,11 @@ def serve(host: str = typer.Option(None, help="defaults to HEALTHRELAY_HOST"),
           port: int = typer.Option(None, help="defaults to HEALTHRELAY_PORT"),
           timers: bool = typer.Option(True, help="also run timers in this process (embedded setup)"),
           dicom: bool = typer.Option(True, help="also run the DICOM receiver in this process (embedded setup)"),
+          hl7: bool = typer.Option(True, help="also run the HL7 MLLP listener in this process (embedded setup)"),
           ) -> None:
     """Serve the web application (migrating the database first)."""
     migrate()
-    _serve(host, port, run_timers=timers, run_dicom=dicom)
+    _serve(host, port, run_timers=timers, run_dicom=dicom, run_hl7=hl7)
 
 
 @app.command()
@@ -70,6 +74,29 @@ def dicom(host: str = typer.Option(None, help="defaults to HEALTHRELAY_DICOM_HOS
         pass
     finally:
         receiver.shutdown()
+
+
+@app.command("hl7")
+def hl7_listener(host: str = typer.Option(None, help="defaults to HEALTHRELAY_HL7_HOST"),
+                 port: int = typer.Option(None, help="defaults to HEALTHRELAY_HL7_PORT (2575)")) -> None:
+    """Run the HL7 v2 MLLP listener alone (scale-out setup, beside `serve --no-hl7`)."""
+    import logging
+
+    import healthrelay.models  # noqa: F401
+    from healthrelay.core.config import get_settings
+    from healthrelay.core.db import get_sessionmaker
+    from healthrelay.hl7.listener import start_listener
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    listener = start_listener(get_sessionmaker(), host=host or settings.hl7_host, port=port or settings.hl7_port)
+    typer.echo(f"HL7 MLLP listener on {host or settings.hl7_host}:{listener.port}")
+    try:
+        listener.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        listener.shutdown()
 
 
 @app.command()

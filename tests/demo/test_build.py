@@ -17,6 +17,7 @@ from healthrelay.core.db import utcnow
 from healthrelay.core.errors import Conflict
 from healthrelay.demo.build import build_demo_if_missing, planted_pairs_path
 from healthrelay.demo.residents import synthetic_residents
+from healthrelay.demo.results import SHOWCASE_LOGIN
 from healthrelay.directory.models import (
     Alliance,
     AllianceKind,
@@ -45,7 +46,8 @@ from healthrelay.patients.models import (
     PatientRegistration,
     TeamPanelEntry,
 )
-from tests.demo.conftest import SEED, SMALL
+from tests.conftest import DEMO_RESIDENTS as SMALL
+from tests.conftest import DEMO_SEED as SEED
 
 
 def _count(db: Session, model: type, *where: object) -> int:
@@ -157,8 +159,10 @@ def test_residents_are_registered_paneled_and_carry_valid_ids(built: list[str], 
     registrations = Counter(db.execute(select(PatientRegistration.patient_id)).scalars())
     patients = list(db.execute(select(Patient).order_by(Patient.id)).scalars())
     duplicate_ids = {patients[b].id for _, b in pairs}
+    # The shared-results showcase resident was also seen at the county hospital.
+    showcase = db.execute(select(User.patient_id).where(User.username == SHOWCASE_LOGIN)).scalar_one()
     for p in patients:
-        assert registrations[p.id] == (1 if p.id in duplicate_ids else 2)
+        assert registrations[p.id] == (1 if p.id in duplicate_ids else 2) + (p.id == showcase)
         assert p.area_id and p.address_line and p.pinyin_initials
     # on the panel of the family-doctor team that serves their village
     panel = dict(db.execute(select(TeamPanelEntry.patient_id, TeamPanelEntry.team_id)).all())
@@ -230,8 +234,8 @@ def test_progress_reports_each_stage_with_counts_and_time(built: list[str]) -> N
     stages = [line for line in built if line.startswith("[")]
     names = [line.split("] ", 1)[1].split(":", 1)[0] for line in stages]
     assert names == ["areas", "specialties", "organisations", "alliances", "practitioners", "teams", "residents",
-                     "accounts", "referrals", "imaging", "roads", "emergency", "pathways", "ecg"]
-    assert stages[-1].startswith(f"[{len(names)}/{len(names)}] ecg")
+                     "accounts", "referrals", "imaging", "roads", "emergency", "pathways", "ecg", "results"]
+    assert stages[-1].startswith(f"[{len(names)}/{len(names)}] results")
     assert re.search(r"emergency: \d+ ambulances, [\d,]+ calls", "\n".join(stages))
     assert all("s, total" in line for line in stages)
     assert any("(100%)" in line for line in built)

@@ -40,14 +40,7 @@ LIVE = 20_000  # ms: live events arrive within a second or two; the boards also 
 
 
 @pytest.fixture
-def demo(database_url: str, data_dir: Path) -> None:
-    from healthrelay.demo.build import build_demo_if_missing
-
-    assert build_demo_if_missing(seed=2026, residents=600, progress=lambda _line: None) is True
-
-
-@pytest.fixture
-def screens(browser: Browser, live_server: str, demo: None) -> Iterator[dict[str, Page]]:
+def screens(browser: Browser, live_server: str, built: list[str]) -> Iterator[dict[str, Page]]:
     contexts = []
     pages: dict[str, Page] = {}
     for who in ("village", "reader", "dispatcher", "crew", "cardio"):

@@ -87,3 +87,58 @@ def bearer(client, username: str, password: str = PASSWORD) -> dict[str, str]:  
     response = client.post("/api/v1/auth/token", data={"username": username, "password": password})
     assert response.status_code == 200, response.text
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+# --- results and mutual recognition (helper Q) -----------------------------------------------------
+
+def eqa_record(db: Session, *, organisation: Organisation, scope: str = "alliance", year: int | None = None,
+               passed: bool = True, code: str = "", category: str = "", modality: str = ""):  # noqa: ANN201
+    """A 室间质评 result of `organisation` (this year, Shanghai, unless told)."""
+    from zoneinfo import ZoneInfo
+
+    from healthrelay.core.db import utcnow
+    from healthrelay.recognition.models import EqaRecord
+
+    row = EqaRecord(organisation_id=organisation.id, scope=scope, passed=passed, code=code, category=category,
+                    modality=modality, program="测试质评 / test programme",
+                    year=year or utcnow().astimezone(ZoneInfo("Asia/Shanghai")).year)
+    db.add(row)
+    db.flush()
+    return row
+
+
+def lab_result(db: Session, *, patient: Patient, organisation: Organisation, code: str, value: str,
+               reported_at, scope: str | None = None, status: str = "final"):  # noqa: ANN001, ANN201
+    """A lab result row as the results domain stores it; the HR mark from recognition.mark_for unless given."""
+    from healthrelay.recognition.service import mark_for
+    from healthrelay.results.models import LabResult, ResultCode
+
+    info = db.get(ResultCode, code)
+    row = LabResult(patient_id=patient.id, organisation_id=organisation.id, test_code=code,
+                    test_name=info.name_zh if info else code, value_text=value, unit=info.unit if info else "",
+                    reported_at=reported_at, collected_at=reported_at, status=status, source="entered",
+                    recognition_scope=mark_for(db, organisation_id=organisation.id, code=code, at=reported_at)
+                    if scope is None else scope)
+    row.value_numeric = float(value) if value.replace(".", "", 1).isdigit() else None
+    db.add(row)
+    db.flush()
+    return row
+
+
+def exam_result(db: Session, *, patient: Patient, organisation: Organisation, code: str, reported_at,  # noqa: ANN001
+                impression: str = "未见明显异常", scope: str | None = None, study_instance_uid: str = ""):  # noqa: ANN201
+    """An examination report row (CT, US ...); the HR mark from recognition.mark_for unless given."""
+    from healthrelay.recognition.service import mark_for
+    from healthrelay.results.models import ExamResult, ResultCode
+
+    info = db.get(ResultCode, code)
+    row = ExamResult(patient_id=patient.id, organisation_id=organisation.id, exam_code=code,
+                     exam_name=info.name_zh if info else code, category=info.category if info else "imaging",
+                     modality=info.modality if info else "", body_part=info.body_part if info else "",
+                     performed_at=reported_at, reported_at=reported_at, findings="", impression=impression,
+                     study_instance_uid=study_instance_uid, source="entered",
+                     recognition_scope=mark_for(db, organisation_id=organisation.id, code=code, at=reported_at)
+                     if scope is None else scope)
+    db.add(row)
+    db.flush()
+    return row

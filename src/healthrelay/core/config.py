@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     dicom_host: str = "127.0.0.1"
     dicom_port: int = 11112
     dicom_ae_title: str = "HEALTHRELAY"
+    # HL7 v2 MLLP listener (ADT, ORU, ORM/OML from members' HIS and LIS). `healthrelay serve` runs it in the
+    # web process unless --no-hl7; `healthrelay hl7` runs it alone. A real site sets hl7_host to the LAN address.
+    hl7_host: str = "127.0.0.1"
+    hl7_port: int = 2575
     # Where DICOM instances are kept: "local" (files under <data dir>/dicom) or "orthanc" (an Orthanc
     # server with its DICOMweb plugin at orthanc_url, e.g. http://127.0.0.1:8042).
     imaging_backend: str = "local"

@@ -14,7 +14,10 @@ from healthrelay.core.db import session_scope, utcnow
 from healthrelay.core.errors import AccessDenied, NotAuthenticated
 from healthrelay.core.security import csrf_matches, token_digest
 
-DbSession = Annotated[Session, Depends(session_scope)]
+# "function" scope: the commit runs before the response is sent, so a client that gets 2xx can rely on what
+# it was told (a token used at once, a redirect-after-POST reading its own write), and a failed commit
+# becomes the error response instead of happening after a success was already sent.
+DbSession = Annotated[Session, Depends(session_scope, scope="function")]
 
 
 def client_address(request: Request) -> str:

@@ -26,6 +26,7 @@ from healthrelay.core.db import utcnow
 from healthrelay.core.security import hash_password
 from healthrelay.demo import county
 from healthrelay.demo import imaging as demo_imaging
+from healthrelay.demo import results as demo_results
 from healthrelay.demo.ecg import build_demo_ecgs
 from healthrelay.demo.emergency import CALLS_PER_YEAR, build_demo_emergency
 from healthrelay.demo.logins import DEMO_PASSWORD, logins
@@ -80,7 +81,11 @@ def demo_accounts_document() -> dict[str, Any]:
     return {"alliance": {"code": alliance.code, "name": alliance.name}, "password": DEMO_PASSWORD,
             "accounts": accounts,
             "dicom": {"ae_title": settings.dicom_ae_title, "host": settings.dicom_host, "port": settings.dicom_port},
-            "modalities": modalities}
+            "modalities": modalities,
+            "hl7": {"host": settings.hl7_host, "port": settings.hl7_port},
+            "hl7_facilities": [{"facility": s.facility, "application": s.application,
+                                "organisation": orgs[s.org_code].name, "organisation_code": s.org_code,
+                                "note": s.note} for s in demo_results.hl7_senders()]}
 
 
 def demo_present(db: Session) -> bool:
@@ -137,7 +142,7 @@ class _Ids:
 
 class _Builder:
     STAGES = ("areas", "specialties", "organisations", "alliances", "practitioners", "teams", "residents",
-              "accounts", "referrals", "imaging", "roads", "emergency", "pathways", "ecg")
+              "accounts", "referrals", "imaging", "roads", "emergency", "pathways", "ecg", "results")
 
     def __init__(self, db: Session, *, seed: int, residents: int, progress: Progress, duplicate_share: float) -> None:
         self.db = db
@@ -425,6 +430,13 @@ class _Builder:
         made = build_demo_ecgs(self.db, now=self.now)
         self.counts.update(made)
         return f"{made['ecgs']} ECGs sent from members to the ECG centre (one inferior STEMI waiting)"
+
+    def _build_results(self) -> str:
+        made = demo_results.build_demo_results(self.db, seed=self.seed, now=self.now)
+        self.counts.update(made)
+        return (f"{made['hl7_senders']} HL7 senders, {made['eqa_records']} quality-assessment records, "
+                f"{made['lab_results']:,} lab results, {made['exam_results']} examination reports, "
+                f"{made['orders']} orders with recognisable priors")
 
     def _resident_for_login(self, village_code: str) -> ResidentRecord:
         """An adult with an ID and a phone in that village (else the township, else anyone)."""

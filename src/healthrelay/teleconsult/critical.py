@@ -6,6 +6,10 @@ SMS and WeChat when they have addresses); when nobody acknowledges within
 `teleconsult_settings.critical_ack_minutes` a durable timer tells the doctor's department head (level 1),
 then the inviting organisation's medical-affairs office (医务科, its administrators; level 2), and then
 the 医务科 again every interval. Every step is a timestamped CriticalResultEvent.
+
+Critical lab values (危急值 from the laboratory, `open_for_lab`) go through the same loop: the ordering doctor
+is told first (else the ordering, else the performing organisation's clinicians), and the ordering
+organisation's 医务科 is who the loop climbs to. A `Subject` hides which of the two kinds a row is.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, case, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from healthrelay.access import service as access
 from healthrelay.accounts.models import Role, User
@@ -30,6 +34,7 @@ from healthrelay.directory.models import Department, Organisation, Post
 from healthrelay.imaging.models import ImagingStudy, Modality
 from healthrelay.notifications import service as notifications
 from healthrelay.notifications.models import OutboundMessage
+from healthrelay.results.models import LabResult
 from healthrelay.teleconsult.models import (
     ConsultRequest,
     CriticalResult,
@@ -39,6 +44,7 @@ from healthrelay.teleconsult.models import (
     Report,
     TeleconsultSetting,
 )
+from healthrelay.web.templating import templates
 
 ESCALATE_KIND = "teleconsult.critical.escalate"
 ACK_SETTING = "critical_ack_minutes"
@@ -59,6 +65,86 @@ def ack_minutes(db: Session) -> int:
 
 def for_request(db: Session, *, request_id: int) -> CriticalResult | None:
     return db.execute(select(CriticalResult).where(CriticalResult.request_id == request_id)).scalar()
+
+
+def for_lab(db: Session, *, lab_result_id: int) -> CriticalResult | None:
+    return db.execute(select(CriticalResult).where(CriticalResult.lab_result_id == lab_result_id)).scalar()
+
+
+@dataclass
+class Subject:
+    """What a critical result is about, whichever kind: a consult request's report or a lab value."""
+
+    kind: str  # "report" or "lab"
+    number: str  # the request number, or the lab's order / filler number
+    patient_id: int | None
+    organisation_id: int  # answerable for acting on it: the inviting member, the ordering organisation
+    other_organisation_ids: tuple[int, ...]  # the reading centre's organisation(s), the performing lab
+    department_id: int | None  # the requesting department when the request names one
+    request: ConsultRequest | None = None
+    lab: LabResult | None = None
+
+    @property
+    def parties(self) -> set[int]:
+        return {self.organisation_id, *self.other_organisation_ids}
+
+    @property
+    def context_link(self) -> str:
+        return f"/teleconsult/{self.request.id}" if self.request is not None else ""
+
+
+def number_of(db: Session, result: CriticalResult) -> str:
+    """The number a critical result is known by: its request's, or its lab order's."""
+    subject = subject_of(db, result)
+    return subject.number if subject is not None else ""
+
+
+def lab_number(lab: LabResult) -> str:
+    return lab.order_number or lab.filler_number or f"LAB-{lab.id}"
+
+
+def lab_organisation(lab: LabResult) -> int:
+    """Who must act on a lab value: the organisation that ordered it, else the lab that performed it."""
+    return lab.ordering_organisation_id or lab.organisation_id
+
+
+def subject_of(db: Session, result: CriticalResult) -> Subject | None:
+    if result.lab_result_id is not None:
+        lab = db.get(LabResult, result.lab_result_id)
+        if lab is None:
+            return None
+        return Subject(kind="lab", number=lab_number(lab), patient_id=lab.patient_id,
+                       organisation_id=result.organisation_id or lab_organisation(lab),
+                       other_organisation_ids=(lab.organisation_id,), department_id=None, lab=lab)
+    request = db.get(ConsultRequest, result.request_id) if result.request_id is not None else None
+    if request is None:
+        return None
+    return Subject(kind="report", number=request.number, patient_id=request.patient_id,
+                   organisation_id=request.inviting_organisation_id,
+                   other_organisation_ids=tuple(sorted({request.invited_organisation_id, _centre_org(db, request)})),
+                   department_id=request.inviting_department_id, request=request)
+
+
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+_RANGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*$")
+
+
+def lab_finding(db: Session, lab: LabResult) -> str:
+    """"血钾 2.5 mmol/L (LL) 参考 3.5–5.3": the test's Chinese name, value, unit, flag and reference range."""
+    from healthrelay.results.models import ResultCode
+
+    # The lab's own Chinese name ("血钾") as sent; else the dictionary's; else whatever the sender called it.
+    name = lab.test_name if _CJK.search(lab.test_name or "") else (
+        db.execute(select(ResultCode.name_zh).where(ResultCode.code == lab.test_code)).scalar()
+        or lab.test_name or lab.test_code)
+    parts = [name, " ".join(p for p in (lab.value_text, lab.unit) if p)]
+    if lab.abnormal_flag:
+        parts.append(f"({lab.abnormal_flag})")
+    if lab.reference_range:
+        match = _RANGE.match(lab.reference_range)
+        shown = f"{match.group(1)}–{match.group(2)}" if match else lab.reference_range
+        parts.append(f"参考 {shown}")
+    return " ".join(p for p in parts if p)
 
 
 # ---------------------------------------------------------------------------- who is told
@@ -89,14 +175,31 @@ def first_recipients(db: Session, request: ConsultRequest) -> list[int]:
         User.is_active.is_(True)).order_by(User.id).limit(_MAX_RECIPIENTS)).scalars())
 
 
-def department_head_users(db: Session, request: ConsultRequest, notify_user_id: int | None) -> tuple[int | None,
-                                                                                                       list[int]]:
-    """The head of the requesting doctor's department (their post's department, else the request's)."""
+def lab_first_recipients(db: Session, lab: LabResult) -> list[int]:
+    """The doctor who ordered the test; else the ordering organisation's clinicians, else the performing lab's."""
+    found = _active(db, [lab.ordered_by_user_id])
+    if found:
+        return found
+    for org_id in dict.fromkeys(o for o in (lab.ordering_organisation_id, lab.organisation_id) if o):
+        found = list(db.execute(select(User.id).where(
+            User.organisation_id == org_id, User.role == Role.CLINICIAN, User.is_active.is_(True))
+            .order_by(User.id).limit(_MAX_RECIPIENTS)).scalars())
+        if found:
+            return found
+    return []
+
+
+def department_head_users(db: Session, request: ConsultRequest | Subject | None,
+                          notify_user_id: int | None) -> tuple[int | None, list[int]]:
+    """The head of the doctor's department (their post's department, else the request's)."""
     dept_id: int | None = None
     if notify_user_id is not None:
         dept_id = db.execute(select(Post.department_id).join(User, User.post_id == Post.id)
                              .where(User.id == notify_user_id)).scalar()
-    dept_id = dept_id or request.inviting_department_id
+    if isinstance(request, Subject):
+        dept_id = dept_id or request.department_id
+    elif request is not None:
+        dept_id = dept_id or request.inviting_department_id
     if dept_id is None:
         return None, []
     head = db.execute(select(Department.head_practitioner_id).where(Department.id == dept_id)).scalar()
@@ -107,10 +210,15 @@ def department_head_users(db: Session, request: ConsultRequest, notify_user_id: 
     return dept_id, [i for i in ids if i != notify_user_id]
 
 
-def medical_affairs_users(db: Session, request: ConsultRequest) -> list[int]:
-    """The inviting organisation's 医务科 (its administrators)."""
+def medical_affairs_users(db: Session, request: ConsultRequest | Subject) -> list[int]:
+    """The answerable organisation's 医务科 (its administrators): the inviting or the ordering organisation."""
+    org_id = request.organisation_id if isinstance(request, Subject) else request.inviting_organisation_id
+    return _org_admins(db, org_id)
+
+
+def _org_admins(db: Session, organisation_id: int) -> list[int]:
     return list(db.execute(select(User.id).where(
-        User.organisation_id == request.inviting_organisation_id, User.role == Role.ORG_ADMIN,
+        User.organisation_id == organisation_id, User.role == Role.ORG_ADMIN,
         User.is_active.is_(True)).order_by(User.id).limit(_MAX_RECIPIENTS)).scalars())
 
 
@@ -129,7 +237,7 @@ def _link(result: CriticalResult) -> str:
     return f"/teleconsult/critical/{result.id}"
 
 
-def _notify(db: Session, result: CriticalResult, request: ConsultRequest, user_ids: list[int], *, level: int,
+def _notify(db: Session, result: CriticalResult, user_ids: list[int], *, level: int,
             title: str, body: str) -> list[int]:
     """Send urgently and record one `notified` event per user and channel (inbox, live, each outbound)."""
     notes = notifications.send(db, user_ids=user_ids, kind="teleconsult.critical", title=title, body=body,
@@ -160,13 +268,18 @@ def _centre_org(db: Session, request: ConsultRequest) -> int:
     return org or request.invited_organisation_id
 
 
-def _publish(db: Session, request: ConsultRequest, result: CriticalResult) -> None:
-    event = {"type": "critical.changed", "critical_id": result.id, "request_id": request.id,
-             "state": str(result.state), "level": result.level}
-    for org_id in sorted({request.inviting_organisation_id, _centre_org(db, request)}):
+def _publish(db: Session, subject: Subject, result: CriticalResult) -> None:
+    event = {"type": "critical.changed", "critical_id": result.id, "request_id": result.request_id,
+             "lab_result_id": result.lab_result_id, "state": str(result.state), "level": result.level}
+    request = subject.request
+    orgs = sorted({request.inviting_organisation_id, _centre_org(db, request)}) if request is not None \
+        else sorted(subject.parties)
+    for org_id in orgs:
         notifications.publish(db, topic=notifications.org_topic(org_id), event=event)
+    if request is None:
+        return
     # The report panel listens for this too, so an open request page shows the loop move.
-    for org_id in sorted({request.inviting_organisation_id, _centre_org(db, request)}):
+    for org_id in orgs:
         notifications.publish(db, topic=notifications.org_topic(org_id),
                               event={"type": "teleconsult.report", "request_id": request.id,
                                      "state": str(request.state)})
@@ -181,6 +294,7 @@ def open_for(db: Session, *, request: ConsultRequest, report: Report, by: User) 
     recipients = first_recipients(db, request)
     result = CriticalResult(
         request_id=request.id, report_id=report.id, patient_id=request.patient_id, state=CriticalState.OPEN,
+        organisation_id=request.inviting_organisation_id,
         finding=report.critical_finding, flagged_by_user_id=by.id, flagged_at=now,
         notify_user_id=recipients[0] if recipients else None,
         ack_due_at=now + timedelta(minutes=ack_minutes(db)), level=0)
@@ -188,13 +302,47 @@ def open_for(db: Session, *, request: ConsultRequest, report: Report, by: User) 
     db.flush()
     _event(db, result, "flagged", by=by, detail={"report_id": report.id, "recipients": recipients})
     due = result.ack_due_at.astimezone(LOCAL_TZ).strftime("%H:%M")
-    _notify(db, result, request, recipients, level=0,
+    _notify(db, result, recipients, level=0,
             title=f"危急值：{request.number} / critical result",
             body=f"{result.finding[:150]}；请于 {due} 前电话确认 / acknowledge by phone before {due}")
     _schedule(db, result, level=1, due_at=result.ack_due_at)
     audit.record(db, actor=access.actor_of(by), action="teleconsult.critical.flag", patient_id=request.patient_id,
                  resource=f"critical:{result.id}", detail={"request_id": request.id, "recipients": recipients})
-    _publish(db, request, result)
+    subject = subject_of(db, result)
+    if subject is not None:
+        _publish(db, subject, result)
+    return result
+
+
+def open_for_lab(db: Session, *, lab: LabResult, by: User | None) -> CriticalResult:
+    """Open the loop for a critical lab value (once per lab row) and tell the ordering doctor at once, urgently
+    on every channel. The text names the test and value, never the patient."""
+    existing = for_lab(db, lab_result_id=lab.id)
+    if existing is not None:
+        return existing
+    take_sqlite_write_lock(db)
+    now = utcnow()
+    recipients = lab_first_recipients(db, lab)
+    result = CriticalResult(
+        lab_result_id=lab.id, organisation_id=lab_organisation(lab), patient_id=lab.patient_id,
+        state=CriticalState.OPEN, finding=lab_finding(db, lab), flagged_by_user_id=by.id if by else None,
+        flagged_at=now, notify_user_id=recipients[0] if recipients else None,
+        ack_due_at=now + timedelta(minutes=ack_minutes(db)), level=0)
+    db.add(result)
+    db.flush()
+    _event(db, result, "flagged", by=by, detail={"lab_result_id": lab.id, "recipients": recipients,
+                                                 "source": lab.source})
+    due = result.ack_due_at.astimezone(LOCAL_TZ).strftime("%H:%M")
+    number = lab_number(lab)
+    _notify(db, result, recipients, level=0, title=f"检验危急值：{number} / critical lab value",
+            body=f"{result.finding[:150]}；请于 {due} 前电话确认 / acknowledge by phone before {due}")
+    _schedule(db, result, level=1, due_at=result.ack_due_at)
+    actor = access.actor_of(by) if by is not None else audit.Actor(username="system")
+    audit.record(db, actor=actor, action="teleconsult.critical.flag", patient_id=lab.patient_id,
+                 resource=f"critical:{result.id}", detail={"lab_result_id": lab.id, "recipients": recipients})
+    subject = subject_of(db, result)
+    if subject is not None:
+        _publish(db, subject, result)
     return result
 
 
@@ -209,45 +357,48 @@ def escalate(db: Session, payload: dict[str, Any]) -> None:
     if result is None or result.state != CriticalState.OPEN:
         return
     level = int(payload["level"])
-    request = db.get(ConsultRequest, result.request_id)
-    if request is None:
+    subject = subject_of(db, result)
+    if subject is None:
         return
     if level == 1:
-        dept_id, heads = department_head_users(db, request, result.notify_user_id)
+        dept_id, heads = department_head_users(db, subject, result.notify_user_id)
         if not heads:
             _event(db, result, "escalation_skipped", level=1,
                    detail={"department_id": dept_id, "reason": "no department head"})
             level = 2
         else:
-            _escalate_to(db, result, request, level=1, user_ids=heads, extra={"department_id": dept_id})
+            _escalate_to(db, result, subject, level=1, user_ids=heads, extra={"department_id": dept_id})
             _schedule(db, result, level=2, due_at=utcnow() + timedelta(minutes=ack_minutes(db)))
             return
-    users = medical_affairs_users(db, request)
-    extra: dict[str, Any] = {"organisation_id": request.inviting_organisation_id}
+    users = medical_affairs_users(db, subject)
+    extra: dict[str, Any] = {"organisation_id": subject.organisation_id}
     if not users:
-        # Somebody must hear: without a 医务科 at the inviting member, the centre's administrators do.
-        centre_org = _centre_org(db, request)
-        users = list(db.execute(select(User.id).where(
-            User.organisation_id == centre_org, User.role == Role.ORG_ADMIN, User.is_active.is_(True))
-            .order_by(User.id).limit(_MAX_RECIPIENTS)).scalars())
-        extra = {"organisation_id": centre_org, "fallback": "centre_medical_affairs"}
-    _escalate_to(db, result, request, level=level, user_ids=users, extra=extra)
+        # Somebody must hear: without a 医务科 at the answerable member, the centre's (or the lab's)
+        # administrators do.
+        for other in subject.other_organisation_ids:
+            users = _org_admins(db, other)
+            if users:
+                fallback = "centre_medical_affairs" if subject.kind == "report" else "lab_medical_affairs"
+                extra = {"organisation_id": other, "fallback": fallback}
+                break
+    _escalate_to(db, result, subject, level=level, user_ids=users, extra=extra)
     _schedule(db, result, level=level + 1, due_at=utcnow() + timedelta(minutes=ack_minutes(db)))
 
 
-def _escalate_to(db: Session, result: CriticalResult, request: ConsultRequest, *, level: int, user_ids: list[int],
+def _escalate_to(db: Session, result: CriticalResult, subject: Subject, *, level: int, user_ids: list[int],
                  extra: dict[str, Any]) -> None:
     result.level = level
     _event(db, result, "escalated", level=level, detail={"user_ids": user_ids, **extra})
     who = _LEVEL_ZH.get(level, "医务科")
     minutes = int((utcnow() - result.flagged_at).total_seconds() // 60)
-    _notify(db, result, request, user_ids, level=level,
-            title=f"危急值未确认（{who}督办）：{request.number} / unacknowledged critical result, level {level}",
+    what = "检验危急值" if subject.kind == "lab" else "危急值"
+    _notify(db, result, user_ids, level=level,
+            title=f"{what}未确认（{who}督办）：{subject.number} / unacknowledged critical result, level {level}",
             body=f"{result.finding[:150]}；已 {minutes} 分钟无人确认 / unacknowledged for {minutes} min")
     audit.record(db, actor=audit.Actor(username="system"), action=f"teleconsult.critical.escalate.{min(level, 2)}",
                  patient_id=result.patient_id, resource=f"critical:{result.id}",
                  detail={"level": level, "notified_user_ids": user_ids})
-    _publish(db, request, result)
+    _publish(db, subject, result)
 
 
 # ---------------------------------------------------------------------------- acknowledging
@@ -275,33 +426,38 @@ def notified_user_ids(db: Session, result: CriticalResult) -> set[int]:
 
 
 def can_acknowledge(db: Session, *, user: User, result: CriticalResult) -> bool:
-    """Anyone who was told, or the requester's colleagues at the inviting organisation."""
+    """Anyone who was told, or the doctor's colleagues at the answerable (inviting or ordering) organisation."""
     if result.state != CriticalState.OPEN or not user.is_active:
         return False
     if user.id in notified_user_ids(db, result):
         return True
-    inviting = db.execute(select(ConsultRequest.inviting_organisation_id)
-                          .where(ConsultRequest.id == result.request_id)).scalar()
-    return user.organisation_id is not None and user.organisation_id == inviting and user.role in _COLLEAGUE_ROLES
+    subject = subject_of(db, result)
+    answerable = subject.organisation_id if subject is not None else None
+    return user.organisation_id is not None and user.organisation_id == answerable and user.role in _COLLEAGUE_ROLES
 
 
-def _may_see(db: Session, *, user: User, result: CriticalResult, request: ConsultRequest) -> bool:
+def _may_see(db: Session, *, user: User, result: CriticalResult, subject: Subject) -> bool:
     if user.role in _SEE_ALL:
         return True
-    if user.organisation_id in (request.inviting_organisation_id, request.invited_organisation_id,
-                                _centre_org(db, request)):
+    if user.organisation_id in subject.parties:
         return True
     return user.id in notified_user_ids(db, result)
 
 
-def get_for(db: Session, *, critical_id: int, user: User) -> tuple[CriticalResult, ConsultRequest]:
+def get_subject_for(db: Session, *, critical_id: int, user: User) -> tuple[CriticalResult, Subject]:
     """Parties only (both organisations, whoever was told, alliance-wide overseers); others get 404."""
     result = db.get(CriticalResult, critical_id)
-    request = db.get(ConsultRequest, result.request_id) if result is not None else None
-    if result is None or request is None or user.role == Role.PATIENT or not _may_see(
-            db, user=user, result=result, request=request):
+    subject = subject_of(db, result) if result is not None else None
+    if result is None or subject is None or user.role == Role.PATIENT or not _may_see(
+            db, user=user, result=result, subject=subject):
         raise NotFound(f"没有编号为 {critical_id} 的危急值 / no critical result {critical_id}")
-    return result, request
+    return result, subject
+
+
+def get_for(db: Session, *, critical_id: int, user: User) -> tuple[CriticalResult, ConsultRequest | None]:
+    """As get_subject_for, with the consult request (None for a lab value)."""
+    result, subject = get_subject_for(db, critical_id=critical_id, user=user)
+    return result, subject.request
 
 
 def _clean_ack(result: CriticalResult, data: AckInput) -> AckInput:
@@ -344,7 +500,7 @@ def acknowledge(db: Session, *, critical_id: int, by: User, data: AckInput,
                 client_address: str = "") -> CriticalResult:
     """Close the loop: the call is recorded, escalation stops, and the centre hears who acknowledged."""
     take_sqlite_write_lock(db)  # SQLite: take the write lock before reading what the write depends on
-    result, request = get_for(db, critical_id=critical_id, user=by)
+    result, subject = get_subject_for(db, critical_id=critical_id, user=by)
     if result.state != CriticalState.OPEN:
         raise Conflict(f"该危急值已于 {result.acknowledged_at.astimezone(LOCAL_TZ):%Y-%m-%d %H:%M} 确认 / "
                        "already acknowledged" if result.acknowledged_at else "已确认 / already acknowledged",
@@ -374,15 +530,16 @@ def acknowledge(db: Session, *, critical_id: int, by: User, data: AckInput,
         timers.cancel(db, dedupe_key=f"critical:{result.id}:escalate:{level}")
     audit.record(db, actor=access.actor_of(by, client_address), action="teleconsult.critical.acknowledge",
                  patient_id=result.patient_id, resource=f"critical:{result.id}",
-                 detail={"request_id": request.id, "level": result.level})
+                 detail={"request_id": result.request_id, "lab_result_id": result.lab_result_id,
+                         "level": result.level})
     told = [u for u in _active(db, [result.flagged_by_user_id]) if u != by.id]
     if told:
         name = db.execute(select(User.display_name).where(User.id == by.id)).scalar() or ""
         notifications.send(db, user_ids=told, kind="teleconsult.critical_acknowledged",
-                           title=f"危急值已确认：{request.number} / critical result acknowledged",
-                           body=f"{name}：{clean.action_taken[:150]}", link=f"/teleconsult/{request.id}",
+                           title=f"危急值已确认：{subject.number} / critical result acknowledged",
+                           body=f"{name}：{clean.action_taken[:150]}", link=subject.context_link or _link(result),
                            resource=f"critical:{result.id}")
-    _publish(db, request, result)
+    _publish(db, subject, result)
     return result
 
 
@@ -392,11 +549,12 @@ def acknowledge(db: Session, *, critical_id: int, by: User, data: AckInput,
 class Row:
     result: CriticalResult
     number: str
-    inviting: str
-    centre: str
+    inviting: str  # the answerable organisation: inviting member, or the lab value's ordering organisation
+    centre: str  # the other side: the reading centre's organisation, or the performing lab
     first_notified_at: datetime | None
     minutes_to_ack: float | None
     overdue: bool
+    kind: str = "report"  # "report" (imaging, ECG … reports) or "lab"
 
 
 @dataclass
@@ -433,48 +591,67 @@ def _scope(user: User) -> Any:
     return user.organisation_id
 
 
-def _query(db: Session, *, user: User, start: date, end: date, organisation_id: int | None) -> Any:
+def _filtered(query: Any, *, user: User, start: date, end: date, organisation_id: int | None) -> Any:
+    """Both kinds in one query: the request's two organisations, or the lab value's answerable and performing
+    organisations (outer joins, so each row finds its own)."""
     first, after = _bounds(start, end)
-    query = (select(CriticalResult, ConsultRequest)
-             .join(ConsultRequest, ConsultRequest.id == CriticalResult.request_id)
+    query = (query.outerjoin(ConsultRequest, ConsultRequest.id == CriticalResult.request_id)
+             .outerjoin(LabResult, LabResult.id == CriticalResult.lab_result_id)
              .where(CriticalResult.flagged_at >= first, CriticalResult.flagged_at < after))
+
+    def involving(org_id: int) -> Any:
+        return or_(ConsultRequest.inviting_organisation_id == org_id, ConsultRequest.invited_organisation_id == org_id,
+                   and_(CriticalResult.lab_result_id.is_not(None),
+                        or_(CriticalResult.organisation_id == org_id, LabResult.organisation_id == org_id)))
+
     own = _scope(user)
     if own is not None:
-        query = query.where(or_(ConsultRequest.inviting_organisation_id == own,
-                                ConsultRequest.invited_organisation_id == own))
+        query = query.where(involving(own))
     if organisation_id is not None:
-        query = query.where(or_(ConsultRequest.inviting_organisation_id == organisation_id,
-                                ConsultRequest.invited_organisation_id == organisation_id))
+        query = query.where(involving(organisation_id))
     return query
+
+
+def _query(db: Session, *, user: User, start: date, end: date, organisation_id: int | None) -> Any:
+    return _filtered(select(CriticalResult, ConsultRequest, LabResult), user=user, start=start, end=end,
+                     organisation_id=organisation_id)
 
 
 def report(db: Session, *, user: User, start: date, end: date, organisation_id: int | None = None,
            limit: int = 500) -> tuple[list[Row], Summary]:
-    """Critical results flagged in the period, open ones first (oldest due first), then newest."""
+    """Critical results of both kinds flagged in the period, open ones first (oldest due first), then newest."""
     now = utcnow()
     base = _query(db, user=user, start=start, end=end, organisation_id=organisation_id)
     ordered = base.order_by(case((CriticalResult.state == CriticalState.OPEN, 0), else_=1),
                             case((CriticalResult.state == CriticalState.OPEN, CriticalResult.ack_due_at),
                                  else_=None),
                             CriticalResult.flagged_at.desc(), CriticalResult.id.desc()).limit(max(1, min(limit, 5000)))
-    pairs = db.execute(ordered).all()
-    ids = [r.id for r, _ in pairs]
+    triples = db.execute(ordered).all()
+    ids = [r.id for r, _, _ in triples]
     first_notified: dict[int, datetime] = {}
     if ids:
         event = CriticalResultEvent
         first_notified = dict(db.execute(select(event.critical_result_id, func.min(event.at))
                                          .where(event.critical_result_id.in_(ids), event.kind == "notified")
                                          .group_by(event.critical_result_id)).all())
-    org_ids = {o for _, q in pairs for o in (q.inviting_organisation_id, q.invited_organisation_id)}
+    sides: dict[int, tuple[str, int | None, int | None]] = {}
+    for result, request, lab in triples:
+        if request is not None:
+            sides[result.id] = ("report", request.inviting_organisation_id, request.invited_organisation_id)
+        elif lab is not None:
+            sides[result.id] = ("lab", result.organisation_id or lab_organisation(lab), lab.organisation_id)
+    org_ids = {o for _, a, b in sides.values() for o in (a, b) if o}
     orgs = dict(db.execute(select(Organisation.id, Organisation.name).where(Organisation.id.in_(org_ids))).all()) \
         if org_ids else {}
     rows = []
-    for result, request in pairs:
+    for result, request, lab in triples:
+        kind, answerable, other = sides.get(result.id, ("report", None, None))
+        number = request.number if request is not None else lab_number(lab) if lab is not None else ""
         minutes = ((result.acknowledged_at - result.flagged_at).total_seconds() / 60
                    if result.acknowledged_at else None)
-        rows.append(Row(result=result, number=request.number, inviting=orgs.get(request.inviting_organisation_id, ""),
-                        centre=orgs.get(request.invited_organisation_id, ""),
-                        first_notified_at=first_notified.get(result.id), minutes_to_ack=minutes,
+        rows.append(Row(result=result, number=number, inviting=orgs.get(answerable or 0, ""),
+                        centre=orgs.get(other or 0, ""), first_notified_at=first_notified.get(result.id),
+                        minutes_to_ack=minutes, kind=kind,
                         overdue=result.state == CriticalState.OPEN and result.ack_due_at < now))
     return rows, summarise(db, user=user, start=start, end=end, organisation_id=organisation_id)
 
@@ -482,7 +659,9 @@ def report(db: Session, *, user: User, start: date, end: date, organisation_id: 
 def summarise(db: Session, *, user: User, start: date, end: date, organisation_id: int | None = None) -> Summary:
     """Counts by SQL; the acknowledgement times of the period feed the median and 90th percentile."""
     now = utcnow()
-    base = _query(db, user=user, start=start, end=end, organisation_id=organisation_id).subquery()
+    base = _filtered(select(CriticalResult.id, CriticalResult.state, CriticalResult.ack_due_at, CriticalResult.level,
+                            CriticalResult.flagged_at, CriticalResult.acknowledged_at),
+                     user=user, start=start, end=end, organisation_id=organisation_id).subquery()
     open_ = base.c.state == CriticalState.OPEN.value
     counts = db.execute(select(
         func.count(), func.sum(case((open_, 1), else_=0)),
@@ -525,12 +704,43 @@ def minutes_to_ack(result: CriticalResult) -> float | None:
 
 
 def view(db: Session, *, critical_id: int, user: User, client_address: str = "") -> tuple[CriticalResult,
-                                                                                        ConsultRequest]:
-    """One critical result for a party, audited: the finding is patient data."""
-    result, request = get_for(db, critical_id=critical_id, user=user)
+                                                                                        ConsultRequest | None]:
+    """One critical result for a party, audited: the finding is patient data. The request is None for a lab
+    value (see `subject_of` for what both kinds share)."""
+    result, subject = get_subject_for(db, critical_id=critical_id, user=user)
     audit.record(db, actor=access.actor_of(user, client_address), action="teleconsult.critical.read",
-                 patient_id=result.patient_id, resource=f"critical:{result.id}", detail={"request_id": request.id})
-    return result, request
+                 patient_id=result.patient_id, resource=f"critical:{result.id}",
+                 detail={"request_id": result.request_id, "lab_result_id": result.lab_result_id})
+    return result, subject.request
+
+
+def subject_names(db: Session, subject: Subject) -> tuple[str, str]:
+    """The answerable organisation's name and the other side's (centre or performing lab), for pages."""
+    other = subject.other_organisation_ids[0] if subject.other_organisation_ids else None
+    if subject.request is not None:
+        other = subject.request.invited_organisation_id
+    names = dict(db.execute(select(Organisation.id, Organisation.name)
+                            .where(Organisation.id.in_([subject.organisation_id, other or 0]))).all())
+    return names.get(subject.organisation_id, ""), names.get(other or 0, "")
+
+
+def _subject_for_template(result: Any) -> Subject | None:
+    """Jinja helper (`critical_subject(result)`): the critical templates show both kinds from the row alone."""
+    if not isinstance(result, CriticalResult):
+        return None
+    db = object_session(result)
+    return subject_of(db, result) if db is not None else None
+
+
+def _names_for_template(subject: Any) -> tuple[str, str]:
+    if not isinstance(subject, Subject):
+        return "", ""
+    db = object_session(subject.request or subject.lab)
+    return subject_names(db, subject) if db is not None else ("", "")
+
+
+templates.env.globals["critical_subject"] = _subject_for_template
+templates.env.globals["critical_subject_names"] = _names_for_template
 
 
 def audit_view(db: Session, *, user: User, output: str, count: int, client_address: str = "") -> None:

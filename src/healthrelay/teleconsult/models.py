@@ -10,7 +10,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from healthrelay.core.db import Base, UTCDateTime, utcnow
@@ -230,22 +230,32 @@ class CriticalState(enum.StrEnum):
 
 
 class CriticalResult(Base):
-    """A critical finding (危急值) and its loop: notified at once, escalated until someone acknowledges."""
+    """A critical finding (危急值) and its loop: notified at once, escalated until someone acknowledges.
+
+    Either a consult request's signed report (request_id, report_id) or a critical lab value (lab_result_id);
+    exactly one of the two is set. `organisation_id` is the organisation answerable for acting on it: the
+    inviting member of a request, the ordering (else performing) organisation of a lab value.
+    """
 
     __tablename__ = "critical_results"
     __table_args__ = (
         Index("ix_critical_open_due", "ack_due_at",
               postgresql_where=text("state = 'open'"), sqlite_where=text("state = 'open'")),
         Index("ix_critical_flagged_at", "flagged_at"),
+        CheckConstraint("(request_id IS NULL) <> (lab_result_id IS NULL)", name="one_subject"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    request_id: Mapped[int] = mapped_column(ForeignKey("consult_requests.id", ondelete="CASCADE"), unique=True)
-    report_id: Mapped[int] = mapped_column(ForeignKey("consult_reports.id", ondelete="CASCADE"))
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("consult_requests.id", ondelete="CASCADE"),
+                                                   unique=True)
+    report_id: Mapped[int | None] = mapped_column(ForeignKey("consult_reports.id", ondelete="CASCADE"))
+    lab_result_id: Mapped[int | None] = mapped_column(ForeignKey("lab_results.id", ondelete="CASCADE"), unique=True)
+    organisation_id: Mapped[int | None] = mapped_column(ForeignKey("organisations.id"), index=True)
     patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"))
     state: Mapped[CriticalState] = mapped_column(_enum(CriticalState), default=CriticalState.OPEN)
     finding: Mapped[str] = mapped_column(Text)
-    flagged_by_user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    # Nobody when a lab value arrived over HL7 without an interface account.
+    flagged_by_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     flagged_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # The requesting doctor, who must acknowledge first.
     notify_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))

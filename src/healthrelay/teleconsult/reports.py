@@ -43,7 +43,7 @@ CRITICAL_MAX = 1000
 ADDENDUM_MAX = 4000
 # Mutual recognition (互认) scopes, widest last; "" means the result carries no mark.
 SCOPES = ("", "county", "province", "national")
-HR_MARKS = {"county": "县域HR", "province": "省域HR", "national": "全国HR"}
+HR_MARKS = {"county": "县域HR", "alliance": "医共体HR", "province": "省域HR", "national": "全国HR"}
 # Diagnostic opinions are not examination results: the recognition mark never applies to them.
 _NO_RECOGNITION = frozenset({ConsultKind.SPECIALIST, ConsultKind.MDT})
 _LABELS = {"technique": "检查技术 / technique", "findings": "所见 / findings", "impression": "诊断意见 / impression",
@@ -69,11 +69,15 @@ class ReportInput:
 # Called at the end of every `sign` (a trainee's preliminary signature included), in the signing
 # transaction: other domains act on what was signed (ecg/flows.py: a STEMI opens the chest-pain pathway).
 after_sign: list[Callable[[Session, ConsultRequest, Report, User], None]] = []
+# Called once when a report becomes final — a senior's signature or the co-signature of a trainee's — in that
+# transaction: what must only ever see a final report (results repository, the HL7 copy to the inviting member).
+after_final: list[Callable[[Session, ConsultRequest, Report, User], None]] = []
 
 
 def hr_mark(scope: str) -> str:
-    """The recognition mark as printed, e.g. "县域HR"; empty when the report carries none."""
-    return HR_MARKS.get(scope, "")
+    """The recognition mark as printed (全国HR, 省HR, 医共体HR ...), one table for every domain; empty when the
+    result carries none."""
+    return HR_MARKS.get(scope, f"{scope} HR" if scope else "")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -298,6 +302,9 @@ def sign(db: Session, *, request_id: int, by: User, data: ReportInput | None = N
     _publish(db, request, report)
     for hook in list(after_sign):
         hook(db, request, report, by)
+    if senior:
+        for hook in list(after_final):
+            hook(db, request, report, by)
     return report
 
 
@@ -330,6 +337,8 @@ def cosign(db: Session, *, request_id: int, by: User, client_address: str = "") 
                               client_address=client_address)
     announce_final(db, request=request, report=report)
     _publish(db, request, report)
+    for hook in list(after_final):
+        hook(db, request, report, by)
     return report
 
 

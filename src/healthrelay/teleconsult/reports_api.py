@@ -105,11 +105,12 @@ class CriticalOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: int
-    request_id: int
+    request_id: int | None
+    lab_result_id: int | None = None
     request_number: str = ""
     state: str
     finding: str
-    flagged_by_user_id: int
+    flagged_by_user_id: int | None
     flagged_at: datetime
     notify_user_id: int | None
     ack_due_at: datetime
@@ -231,8 +232,8 @@ def list_critical(db: DbSession, user: CurrentUser, start: date | None = None, e
 
 @router.get("/critical/{critical_id}", response_model=CriticalOut)
 def get_critical(critical_id: int, request: Request, db: DbSession, user: CurrentUser) -> CriticalOut:
-    result, consult = critical.view(db, critical_id=critical_id, user=user, client_address=client_address(request))
-    return _critical_out(result, consult.number, events=True, overdue=critical.is_overdue(result),
+    result, _ = critical.view(db, critical_id=critical_id, user=user, client_address=client_address(request))
+    return _critical_out(result, critical.number_of(db, result), events=True, overdue=critical.is_overdue(result),
                          minutes=critical.minutes_to_ack(result))
 
 
@@ -241,5 +242,5 @@ def acknowledge(critical_id: int, body: AckIn, request: Request, db: DbSession, 
     """Record the read-back telephone call and the action taken; every field is required."""
     result = critical.acknowledge(db, critical_id=critical_id, by=user, data=critical.AckInput(**body.model_dump()),
                                   client_address=client_address(request))
-    return _critical_out(result, _number(db, result.request_id), events=True,
+    return _critical_out(result, critical.number_of(db, result), events=True,
                          minutes=critical.minutes_to_ack(result))

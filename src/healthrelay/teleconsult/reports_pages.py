@@ -320,14 +320,16 @@ def _critical_page(request: Request, db: Session, user: User, critical_id: int, 
         result.flagged_by_user_id, result.acknowledged_by_user_id, result.notify_user_id}
     wanted = [i for i in ids if i]
     names = dict(db.execute(select(User.id, User.display_name).where(User.id.in_(wanted))).all()) if wanted else {}
-    rv = reports.view_for(db, request=consult, user=user)
+    # A lab value (危急值 from the laboratory) has no request: no report panel, the subject's organisations.
+    rv = reports.view_for(db, request=consult, user=user) if consult is not None else None
+    subject = critical.subject_of(db, result)
+    inviting_name, centre_name = critical.subject_names(db, subject) if subject is not None else ("", "")
     return render(request, "teleconsult/critical_detail.html", _panel_context(
         rv, result=result, consult=consult, events=events, names=names, message=message,
         ack_invalid=ack_invalid or {}, ack_values=ack_values or {}, overdue=critical.is_overdue(result),
         minutes_to_ack=critical.minutes_to_ack(result), can_acknowledge=critical.can_acknowledge(
             db, user=user, result=result),
-        inviting_name=consult_service.organisation_name(db, consult.inviting_organisation_id),
-        centre_name=consult_service.organisation_name(db, consult.invited_organisation_id),
+        inviting_name=inviting_name, centre_name=centre_name,
         done=request.query_params.get("done", "")), status_code=status_code)
 
 

@@ -25,11 +25,13 @@ MENU: list[tuple[str, str, frozenset[Role]]] = [
     ("nav.critical_results", "/teleconsult/critical", CLINICAL | REPORTING),
     ("nav.imaging", "/imaging", CLINICAL),
     ("nav.ecg_upload", "/ecg/upload", CLINICAL),
+    ("nav.results_entry", "/results/lab/new", frozenset({Role.CLINICIAN, Role.ORG_ADMIN})),
     ("nav.emergency", "/emergency", DISPATCH),
     ("nav.emergency_metrics", "/emergency/metrics", DISPATCH | REPORTING),
     ("nav.coverage", "/emergency/coverage", DISPATCH | REPORTING),
     ("nav.pathways", "/pathways", CLINICAL | REPORTING),
     ("nav.pathway_metrics", "/pathways/metrics", REPORTING),
+    ("nav.recognition_repeats", "/recognition/repeats", REPORTING),
     ("nav.patients", "/patients", CLINICAL),
     ("nav.directory", "/directory", ALL_STAFF),
     ("nav.map", "/directory/map", ALL_STAFF),
@@ -38,6 +40,7 @@ MENU: list[tuple[str, str, frozenset[Role]]] = [
     ("nav.users", "/admin/users", ADMINS),
     ("nav.audit", "/admin/audit", ADMINS),
     ("nav.outbox", "/admin/outbox", ADMINS),
+    ("nav.hl7", "/admin/hl7", ADMINS),
 ]
 
 
