@@ -29,7 +29,7 @@ from healthrelay.core.errors import (
     NotFound,
     field_error,
 )
-from healthrelay.directory.models import TeamMember
+from healthrelay.directory.models import Organisation, TeamMember
 from healthrelay.patients.models import Patient, PatientRegistration, TeamPanelEntry
 
 # (db, user, patient_id) -> a short description of the relationship, or None.
@@ -223,3 +223,25 @@ def review_break_glass(db: Session, *, grant_id: int, reviewer: User, outcome: s
                  patient_id=grant.patient_id, resource=f"break_glass:{grant.id}",
                  detail={"outcome": outcome})
     return grant
+
+
+def figures_scope(db: Session, *, user: User, organisation_id: int | None, readers: frozenset[Role] | tuple[Role, ...],
+                  see_all: frozenset[Role] | tuple[Role, ...], figures: str) -> Organisation | None:
+    """Whose aggregate figures a user may see (no patient data on such pages): an org admin their own
+    organisation only; `see_all` roles (alliance admin, health bureau) any one, or all (None).
+    `figures` names them in the refusal, Chinese / English (e.g. "转诊指标 / referral indicators")."""
+    zh, _, en = figures.partition(" / ")
+    if user.role not in readers:
+        raise AccessDenied(f"您的角色无权查看{zh} / your role may not see {en}")
+    if user.role not in see_all:
+        if user.organisation_id is None:
+            raise AccessDenied("只有机构管理员可以查看本机构统计 / only an organisation's admin sees its figures")
+        if organisation_id not in (None, user.organisation_id):
+            raise AccessDenied(f"只能查看本机构的{zh} / you see your own organisation's {en} only")
+        organisation_id = user.organisation_id
+    if organisation_id is None:
+        return None
+    org = db.get(Organisation, organisation_id)
+    if org is None:
+        raise NotFound(f"没有编号为 {organisation_id} 的机构 / no organisation {organisation_id}")
+    return org

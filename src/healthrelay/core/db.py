@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, text
+from sqlalchemy import ColumnElement, DateTime, Engine, MetaData, create_engine, event, func, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -46,6 +46,14 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+def local_month(db: Session, column: Any) -> ColumnElement[str]:
+    """The Shanghai month of a UTC timestamp column as "YYYY-MM", the same on both databases (China keeps no
+    daylight saving, so SQLite's fixed +8 hours is exact)."""
+    if db.get_bind().dialect.name == "postgresql":
+        return func.to_char(func.timezone("Asia/Shanghai", column), "YYYY-MM")
+    return func.strftime("%Y-%m", column, "+8 hours")
 
 
 def utcnow() -> datetime:

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, func, select
 from sqlalchemy.orm import Session
 
+from healthrelay.core.db import local_month
 from healthrelay.core.errors import InvalidInput, field_error
 from healthrelay.emergency.models import EmergencyCall, ResponseTarget
 from healthrelay.emergency.service import organisation_names
@@ -36,9 +37,7 @@ def _seconds(db: Session, later: Any, earlier: Any) -> ColumnElement[float]:
 
 def month_expr(db: Session) -> ColumnElement[str]:
     """The call's month in China time, as 'YYYY-MM'."""
-    if db.get_bind().dialect.name == "sqlite":
-        return func.strftime("%Y-%m", _E.received_at, "+8 hours")
-    return func.to_char(func.timezone("Asia/Shanghai", _E.received_at), "YYYY-MM")
+    return local_month(db, _E.received_at)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, aliased
 from healthrelay.access import service as access
 from healthrelay.accounts.models import Role, User
 from healthrelay.audit import service as audit
+from healthrelay.core.db import local_month
 from healthrelay.core.errors import AccessDenied, InvalidInput, field_error
 from healthrelay.directory.models import Organisation
 from healthrelay.pathways.models import CaseState, MetricTarget, PathwayCase, PathwayNode
@@ -89,12 +90,6 @@ def bounds(first_month: date, last_month: date) -> tuple[datetime, datetime]:
     return start, datetime(after.year, after.month, 1, tzinfo=_SHANGHAI)
 
 
-def _month(dialect: str) -> ColumnElement[str]:
-    if dialect == "postgresql":
-        return func.to_char(func.timezone("Asia/Shanghai", PathwayCase.opened_at), "YYYY-MM")
-    return func.strftime("%Y-%m", PathwayCase.opened_at, "+8 hours")
-
-
 def _seconds(dialect: str, start: Any, end: Any) -> ColumnElement[float]:
     """Whole seconds between two stored times (SQLite's julianday arithmetic rounded to the second)."""
     if dialect == "postgresql":
@@ -121,7 +116,7 @@ def _interval(db: Session, target: MetricTarget, start: datetime, end: datetime,
               hospital_organisation_id: int | None, months: list[str]) -> list[MonthValue]:
     dialect = db.get_bind().dialect.name
     a, b = aliased(PathwayNode), aliased(PathwayNode)
-    month = _month(dialect).label("month")
+    month = local_month(db, PathwayCase.opened_at).label("month")
     seconds = _seconds(dialect, a.at, b.at).label("seconds")
     rows = (select(month, seconds, PathwayCase.id.label("case_id"), PathwayCase.number.label("number"))
             .join(a, and_(a.case_id == PathwayCase.id, a.node == target.from_node))
@@ -181,7 +176,7 @@ def _flag(target: MetricTarget) -> ColumnElement[bool]:
 
 def _share(db: Session, target: MetricTarget, start: datetime, end: datetime,
            hospital_organisation_id: int | None, months: list[str]) -> list[MonthValue]:
-    month = _month(db.get_bind().dialect.name).label("month")
+    month = local_month(db, PathwayCase.opened_at).label("month")
     flag = _flag(target)
     where = [*_case_filter(target, start, end, hospital_organisation_id), *_population(target)]
     rows = select(month, PathwayCase.id.label("case_id"), PathwayCase.number.label("number"),

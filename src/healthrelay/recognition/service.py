@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from healthrelay.access import service as access
 from healthrelay.accounts.models import Role, User
 from healthrelay.audit import service as audit
-from healthrelay.core.db import utcnow
+from healthrelay.core.db import local_month, utcnow
 from healthrelay.core.errors import AccessDenied, InvalidInput, NotFound
 from healthrelay.directory.models import Organisation
 from healthrelay.notifications import live
@@ -659,31 +659,6 @@ class RepeatsReport:
     generated_at: datetime
 
 
-def _month_expr(db: Session, column: Any) -> Any:
-    """The Shanghai month of a UTC column as "YYYY-MM", the same on both databases (China keeps no DST)."""
-    if db.get_bind().dialect.name == "postgresql":
-        return func.to_char(func.timezone("Asia/Shanghai", column), "YYYY-MM")
-    return func.strftime("%Y-%m", column, "+8 hours")
-
-
-def report_scope(db: Session, *, user: User, organisation_id: int | None) -> Organisation | None:
-    """Org admins see their own organisation; the alliance admin and the health bureau see all or pick one."""
-    if user.role not in REPORT_READERS:
-        raise AccessDenied("您的角色无权查看互认统计 / your role may not see recognition figures")
-    if user.role not in REPORT_SEE_ALL:
-        if user.organisation_id is None:
-            raise AccessDenied("只有机构管理员可以查看本机构统计 / only an organisation's admin sees its figures")
-        if organisation_id not in (None, user.organisation_id):
-            raise AccessDenied("只能查看本机构的互认统计 / you see your own organisation's figures only")
-        organisation_id = user.organisation_id
-    if organisation_id is None:
-        return None
-    org = db.get(Organisation, organisation_id)
-    if org is None:
-        raise NotFound(f"没有编号为 {organisation_id} 的机构 / no organisation {organisation_id}")
-    return org
-
-
 DEFAULT_MONTHS = 6
 
 
@@ -745,8 +720,9 @@ def repeats_report(db: Session, *, user: User, start: date, end: date,
         raise _invalid("end", "before_start", "结束月份早于开始月份 / the end month is before the start month")
     if (end.year - start.year) * 12 + end.month - start.month > 36:
         raise _invalid("end", "too_long", "最多 36 个月 / at most 36 months")
-    org = report_scope(db, user=user, organisation_id=organisation_id)
-    month = _month_expr(db, RecognitionDecision.decided_at).label("month")
+    org = access.figures_scope(db, user=user, organisation_id=organisation_id, readers=REPORT_READERS,
+                               see_all=REPORT_SEE_ALL, figures="互认统计 / recognition figures")
+    month = local_month(db, RecognitionDecision.decided_at).label("month")
     saved = func.coalesce(func.sum(RecognitionDecision.price_fen), 0)
     stmt = (select(RecognitionDecision.organisation_id, month, RecognitionDecision.outcome,
                    RecognitionDecision.reason_code, func.count(), saved)

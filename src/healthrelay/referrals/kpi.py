@@ -33,9 +33,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.elements import ColumnElement
 
+from healthrelay.access import service as access
 from healthrelay.accounts.models import Role, User
 from healthrelay.core.db import UTCDateTime, utcnow
-from healthrelay.core.errors import AccessDenied, InvalidInput, NotFound, field_error
+from healthrelay.core.errors import InvalidInput, field_error
 from healthrelay.directory.models import AllianceMembership, MembershipRole, Organisation, OrgKind
 from healthrelay.referrals.models import Direction, Referral, ReferralTransition, State, Urgency
 
@@ -274,24 +275,6 @@ def _hashed(db: Session, stmt: Any) -> list[Any]:
 
 # --- access --------------------------------------------------------------------------------------
 
-def _scope(db: Session, user: User, organisation_id: int | None) -> Organisation | None:
-    """org_admin: their own organisation only; alliance_admin and health_bureau: any, or all."""
-    if user.role not in READERS:
-        raise AccessDenied("您的角色无权查看转诊指标 / your role may not see referral indicators")
-    if user.role not in SEE_ALL:
-        if user.organisation_id is None:
-            raise AccessDenied("只有机构管理员可以查看本机构指标 / only an organisation's admin sees its figures")
-        if organisation_id not in (None, user.organisation_id):
-            raise AccessDenied("只能查看本机构的转诊指标 / you see your own organisation's figures only")
-        organisation_id = user.organisation_id
-    if organisation_id is None:
-        return None
-    org = db.get(Organisation, organisation_id)
-    if org is None:
-        raise NotFound(f"没有编号为 {organisation_id} 的机构 / no organisation {organisation_id}")
-    return org
-
-
 def _lead_ids(db: Session) -> set[int]:
     """Lead hospitals (牵头医院): organisations that lead at least one alliance."""
     return set(db.execute(select(AllianceMembership.organisation_id)
@@ -345,7 +328,8 @@ def compute(db: Session, *, user: User, start: date, end: date, organisation_id:
     received count, and the discharge share is that hospital's own (none if it leads no alliance).
     """
     _check_period(start, end)
-    org = _scope(db, user, organisation_id)
+    org = access.figures_scope(db, user=user, organisation_id=organisation_id, readers=READERS, see_all=SEE_ALL,
+                               figures="转诊指标 / referral indicators")
     _tune(db)
     now = now or utcnow()
     keys = month_keys(start, end)

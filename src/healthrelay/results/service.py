@@ -15,7 +15,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import event, select
+from sqlalchemy import Select, event, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -606,6 +606,18 @@ class PatientResults:
     organisations: dict[int, str]
 
 
+def _filtered(query: Select[Any], filters: ResultFilters, *, organisation: Any, code: Any, at: Any) -> Select[Any]:
+    if filters.organisation_id is not None:
+        query = query.where(organisation == filters.organisation_id)
+    if filters.test_code:
+        query = query.where(code == filters.test_code)
+    if filters.date_from is not None:
+        query = query.where(at >= _day_start(filters.date_from))
+    if filters.date_to is not None:
+        query = query.where(at < _day_start(filters.date_to) + timedelta(days=1))
+    return query
+
+
 def patient_results(db: Session, *, user: User, patient_id: int, filters: ResultFilters | None = None,
                     client_address: str = "") -> PatientResults:
     """Every result of the patient from every member, newest first (need-to-know, audited)."""
@@ -616,27 +628,14 @@ def patient_results(db: Session, *, user: User, patient_id: int, filters: Result
     labs: list[LabResult] = []
     exams: list[ExamResult] = []
     if filters.kind in ("", LAB):
-        query = select(LabResult).where(LabResult.patient_id == patient.id)
-        if filters.organisation_id is not None:
-            query = query.where(LabResult.organisation_id == filters.organisation_id)
-        if filters.test_code:
-            query = query.where(LabResult.test_code == filters.test_code)
-        if filters.date_from is not None:
-            query = query.where(LabResult.reported_at >= _day_start(filters.date_from))
-        if filters.date_to is not None:
-            query = query.where(LabResult.reported_at < _day_start(filters.date_to) + timedelta(days=1))
+        query = _filtered(select(LabResult).where(LabResult.patient_id == patient.id), filters,
+                          organisation=LabResult.organisation_id, code=LabResult.test_code, at=LabResult.reported_at)
         labs = list(db.execute(query.order_by(LabResult.reported_at.desc(), LabResult.id.desc())
                                .limit(READ_LIMIT)).scalars())
     if filters.kind in ("", EXAM):
-        query = select(ExamResult).where(ExamResult.patient_id == patient.id)
-        if filters.organisation_id is not None:
-            query = query.where(ExamResult.organisation_id == filters.organisation_id)
-        if filters.test_code:
-            query = query.where(ExamResult.exam_code == filters.test_code)
-        if filters.date_from is not None:
-            query = query.where(ExamResult.performed_at >= _day_start(filters.date_from))
-        if filters.date_to is not None:
-            query = query.where(ExamResult.performed_at < _day_start(filters.date_to) + timedelta(days=1))
+        query = _filtered(select(ExamResult).where(ExamResult.patient_id == patient.id), filters,
+                          organisation=ExamResult.organisation_id, code=ExamResult.exam_code,
+                          at=ExamResult.performed_at)
         exams = list(db.execute(query.order_by(ExamResult.performed_at.desc(), ExamResult.id.desc())
                                 .limit(READ_LIMIT)).scalars())
     return PatientResults(patient=patient, labs=labs, exams=exams,
