@@ -69,7 +69,9 @@ def make_engine(url: str) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            # FULL: a commit is on disk before it returns, so what we acknowledged (a C-STORE, an HL7 ACK, a
+            # referral's 200) survives a power cut too, not only a crash; about 1 ms per commit.
+            cur.execute("PRAGMA synchronous=FULL")
             cur.close()
 
         return engine
