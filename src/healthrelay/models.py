@@ -3,6 +3,7 @@
 from healthrelay.access import models as access_models  # noqa: F401
 from healthrelay.accounts import models as accounts_models  # noqa: F401
 from healthrelay.audit import models as audit_models  # noqa: F401
+from healthrelay.chronic import models as chronic_models  # noqa: F401
 from healthrelay.core import timers as core_timers  # noqa: F401
 from healthrelay.core.db import Base
 from healthrelay.directory import models as directory_models  # noqa: F401

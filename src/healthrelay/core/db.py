@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, DateTime, Engine, MetaData, create_engine, event, func, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -58,6 +59,14 @@ def local_month(db: Session, column: Any) -> ColumnElement[str]:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+LOCAL_TZ = ZoneInfo("Asia/Shanghai")
+
+
+def local_today() -> date:
+    """Today in Shanghai: the day a clinic's "today", "overdue" and "in the future" mean."""
+    return datetime.now(LOCAL_TZ).date()
 
 
 def make_engine(url: str) -> Engine:

@@ -1,0 +1,1 @@
+"""Chronic disease management: registries, family-doctor contracts, readings, follow-ups, worklists, indicators."""
