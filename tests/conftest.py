@@ -70,10 +70,14 @@ def _snapshot_seeded_rows(url: str) -> None:
 
 
 def _truncate_all(url: str) -> None:
+    from psycopg.types.json import Json
+
     engine = create_engine(url)
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(_public_tables(conn))} RESTART IDENTITY CASCADE"))
-        for table, rows in _seeded_rows.items():
+        for table, seeded in _seeded_rows.items():
+            # JSON columns come back as dicts and lists, which psycopg binds only when wrapped.
+            rows = [{k: Json(v) if isinstance(v, dict | list) else v for k, v in r.items()} for r in seeded]
             columns = list(rows[0])
             conn.execute(text(f'INSERT INTO "{table}" ({", ".join(columns)}) '
                               f'VALUES ({", ".join(":" + c for c in columns)})'), rows)

@@ -18,6 +18,7 @@ from healthrelay.patients import models as patients_models  # noqa: F401
 from healthrelay.recognition import models as recognition_models  # noqa: F401
 from healthrelay.referrals import models as referrals_models  # noqa: F401
 from healthrelay.results import models as results_models  # noqa: F401
+from healthrelay.screening import models as screening_models  # noqa: F401
 from healthrelay.teleconsult import models as teleconsult_models  # noqa: F401
 
 metadata = Base.metadata

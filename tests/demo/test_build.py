@@ -46,12 +46,21 @@ from healthrelay.patients.models import (
     PatientRegistration,
     TeamPanelEntry,
 )
+from healthrelay.screening.models import ScreeningAttendance, ScreeningEvent
 from tests.conftest import DEMO_RESIDENTS as SMALL
 from tests.conftest import DEMO_SEED as SEED
 
 
 def _count(db: Session, model: type, *where: object) -> int:
     return db.execute(select(func.count()).select_from(model).where(*where)).scalar_one()
+
+
+def _pupils(db: Session) -> set[int]:
+    """The school check-up registers its pupils through the master patient index; they are not residents."""
+    pupils = set(db.execute(select(ScreeningAttendance.patient_id).join(ScreeningEvent).where(
+        ScreeningEvent.kind == "school_checkup")).scalars())
+    assert pupils
+    return pupils
 
 
 def _orgs(db: Session, *where: object) -> list[Organisation]:
@@ -150,14 +159,15 @@ def test_teams_studios_and_practitioners(built: list[str], db: Session) -> None:
 
 def test_residents_are_registered_paneled_and_carry_valid_ids(built: list[str], db: Session) -> None:
     records, pairs = synthetic_residents(SEED, SMALL)
-    assert _count(db, Patient) == len(records) == SMALL + len(pairs)
+    pupils = _pupils(db)
+    assert _count(db, Patient, Patient.id.not_in(pupils)) == len(records) == SMALL + len(pairs)
     rows = db.execute(select(PatientIdentifier.value, Patient.sex, Patient.birth_date).join(Patient).where(
         PatientIdentifier.type == IdentifierType.RESIDENT_ID)).all()
     assert len(rows) > 0.95 * SMALL
     for value, sex, born in rows:
         check_agrees(parse_resident_id(value), sex=str(sex), birth_date=born)
     registrations = Counter(db.execute(select(PatientRegistration.patient_id)).scalars())
-    patients = list(db.execute(select(Patient).order_by(Patient.id)).scalars())
+    patients = list(db.execute(select(Patient).where(Patient.id.not_in(pupils)).order_by(Patient.id)).scalars())
     duplicate_ids = {patients[b].id for _, b in pairs}
     # The shared-results showcase resident was also seen at the county hospital.
     showcase = db.execute(select(User.patient_id).where(User.username == SHOWCASE_LOGIN)).scalar_one()
@@ -173,10 +183,12 @@ def test_residents_are_registered_paneled_and_carry_valid_ids(built: list[str], 
 
 def test_same_seed_stores_exactly_the_generated_people(built: list[str], db: Session) -> None:
     records, _ = synthetic_residents(SEED, SMALL)
-    stored = db.execute(select(Patient.name, Patient.birth_date, Patient.phone).order_by(Patient.id)).all()
+    pupils = _pupils(db)
+    stored = db.execute(select(Patient.name, Patient.birth_date, Patient.phone).where(
+        Patient.id.not_in(pupils)).order_by(Patient.id)).all()
     assert [tuple(s) for s in stored] == [(r.name, r.birth_date, r.phone) for r in records]
     ids = set(db.execute(select(PatientIdentifier.value).where(
-        PatientIdentifier.type == IdentifierType.RESIDENT_ID)).scalars())
+        PatientIdentifier.type == IdentifierType.RESIDENT_ID, PatientIdentifier.patient_id.not_in(pupils))).scalars())
     assert ids == {r.resident_id for r in records if r.resident_id}
 
 
@@ -234,8 +246,9 @@ def test_progress_reports_each_stage_with_counts_and_time(built: list[str]) -> N
     stages = [line for line in built if line.startswith("[")]
     names = [line.split("] ", 1)[1].split(":", 1)[0] for line in stages]
     assert names == ["areas", "specialties", "organisations", "alliances", "practitioners", "teams", "residents",
-                     "accounts", "referrals", "imaging", "roads", "emergency", "pathways", "ecg", "results"]
-    assert stages[-1].startswith(f"[{len(names)}/{len(names)}] results")
+                     "accounts", "referrals", "imaging", "roads", "emergency", "pathways", "ecg", "results",
+                     "chronic", "screening"]
+    assert stages[-1].startswith(f"[{len(names)}/{len(names)}] screening")
     assert re.search(r"emergency: \d+ ambulances, [\d,]+ calls", "\n".join(stages))
     assert all("s, total" in line for line in stages)
     assert any("(100%)" in line for line in built)

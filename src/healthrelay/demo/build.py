@@ -27,6 +27,7 @@ from healthrelay.core.security import hash_password
 from healthrelay.demo import county
 from healthrelay.demo import imaging as demo_imaging
 from healthrelay.demo import results as demo_results
+from healthrelay.demo.chronic import build_demo_chronic
 from healthrelay.demo.ecg import build_demo_ecgs
 from healthrelay.demo.emergency import CALLS_PER_YEAR, build_demo_emergency
 from healthrelay.demo.logins import DEMO_PASSWORD, logins
@@ -34,6 +35,7 @@ from healthrelay.demo.pathways import build_demo_pathways
 from healthrelay.demo.referrals import build_demo_referrals
 from healthrelay.demo.residents import REFERENCE_DATE, ResidentRecord, synthetic_residents
 from healthrelay.demo.roads import build_demo_roads
+from healthrelay.demo.screening import build_demo_screening
 from healthrelay.demo.staff import StaffPlan, plan_staff
 from healthrelay.directory.models import (
     Alliance,
@@ -142,7 +144,8 @@ class _Ids:
 
 class _Builder:
     STAGES = ("areas", "specialties", "organisations", "alliances", "practitioners", "teams", "residents",
-              "accounts", "referrals", "imaging", "roads", "emergency", "pathways", "ecg", "results")
+              "accounts", "referrals", "imaging", "roads", "emergency", "pathways", "ecg", "results", "chronic",
+              "screening")
 
     def __init__(self, db: Session, *, seed: int, residents: int, progress: Progress, duplicate_share: float) -> None:
         self.db = db
@@ -437,6 +440,21 @@ class _Builder:
         return (f"{made['hl7_senders']} HL7 senders, {made['eqa_records']} quality-assessment records, "
                 f"{made['lab_results']:,} lab results, {made['exam_results']} examination reports, "
                 f"{made['orders']} orders with recognisable priors")
+
+    def _build_chronic(self) -> str:
+        made = build_demo_chronic(self.db, seed=self.seed, now=self.now)
+        self.counts.update(made)
+        return (f"{made['monitoring_points']} monitoring points, {made['htn_enrolments']:,} hypertension and "
+                f"{made['t2dm_enrolments']:,} diabetes patients, {made['contracts']:,} family-doctor contracts, "
+                f"{made['follow_ups']:,} follow-ups, {made['readings']:,} readings, "
+                f"{made['chronic_overdue']:,} overdue")
+
+    def _build_screening(self) -> str:
+        made = build_demo_screening(self.db, seed=self.seed, now=self.now, patient_ids=self.patient_ids)
+        self.counts.update(made)
+        return (f"{made['screening_events']} free-clinic and screening events, "
+                f"{made['screening_attendances']:,} people served, {made['screening_findings']:,} abnormal findings, "
+                f"{made['screening_tasks_open']:,} follow-up tasks open")
 
     def _resident_for_login(self, village_code: str) -> ResidentRecord:
         """An adult with an ID and a phone in that village (else the township, else anyone)."""

@@ -54,7 +54,9 @@ def logins() -> tuple[LoginDef, ...]:
         LoginDef("doc.chengdong", Role.CLINICIAN, chengdong,
                  "城东街道社区卫生服务中心全科医生 / community-centre GP in town",
                  practitioner_code=f"{chengdong}-GP-1"),
-        LoginDef(vdoc1, Role.CLINICIAN, v_shimen.clinic_code, f"{v_shimen.name}卫生室乡村医生 / village doctor",
+        LoginDef(vdoc1, Role.CLINICIAN, v_shimen.clinic_code,
+                 f"{v_shimen.name}卫生室乡村医生（慢病工作单上有一位逾期复查的高血压患者）/ village doctor "
+                 "(the chronic worklist has a hypertension review overdue)",
                  practitioner_code=f"{v_shimen.clinic_code}-1"),
         LoginDef(vdoc2, Role.CLINICIAN, v_taoyuan.clinic_code,
                  f"{v_taoyuan.name}卫生室乡村医生 / village doctor in another township",
