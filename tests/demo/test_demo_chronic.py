@@ -118,7 +118,7 @@ def test_control_overdue_and_lost_shares_are_plausible(built: list[str], db: Ses
 def _replay(rules: R.ConditionRules, e: ChronicEnrolment, patient: Patient, visits: list[ChronicFollowUp],
             readings: list[ChronicReading]) -> None:
     """Check the stored derived columns against the stored visits and point readings, with the rules and the
-    schedule of contracts.md (a phone call only brings a review forward)."""
+    schedule of chronic.followups (a phone call only brings a review forward)."""
     streak, due, kind = 0, None, "first"
     for v in visits:
         age = R.age_on(patient.birth_date, v.visit_on)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -18,23 +17,16 @@ CHROMIUM = os.environ.get("HEALTHRELAY_CHROMIUM", "/usr/bin/chromium")
 
 
 @pytest.fixture
-def browser_page(live_server: str) -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: Debian's chromium is needed for browser tests")
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
-        context = browser.new_context(base_url=live_server, viewport={"width": 1366, "height": 768}, locale="zh-CN")
-        context.set_default_timeout(15_000)
-        page = context.new_page()
-        # Any request leaving loopback would mean the map needs internet tiles; refuse it outright.
-        context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(live_server)
-                      else route.abort())
-        yield page
-        context.close()
-        browser.close()
+def browser_page(browser, live_server: str) -> Iterator[object]:  # noqa: ANN001
+    """The run's one Chromium (a second Playwright in the same thread is refused), with outside requests refused."""
+    context = browser.new_context(base_url=live_server, viewport={"width": 1366, "height": 768}, locale="zh-CN")
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    # Any request leaving loopback would mean the map needs internet tiles; refuse it outright.
+    context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(live_server)
+                  else route.abort())
+    yield page
+    context.close()
 
 
 def test_map_draws_members_and_opens_an_organisation_on_click(db, browser_page) -> None:

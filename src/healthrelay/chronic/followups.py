@@ -333,7 +333,7 @@ def _add_readings(db: Session, enrolment: ChronicEnrolment, visit: ChronicFollow
 
 def _move_schedule(enrolment: ChronicEnrolment, cond: rules.ConditionRules, *, visit_on: date, uncontrolled: bool,
                    face_to_face: bool, classification: str, danger: bool, streak: int) -> None:
-    """The derived columns after the newest visit (contracts.md, "Rules of the follow-up").
+    """The derived columns after the newest visit (the follow-up rules in this module's docstring).
 
     A phone or online visit classifies but does not replace the face-to-face visit that is due: when it finds
     the patient uncontrolled it brings a review forward, otherwise the schedule stays.

@@ -3,7 +3,7 @@ lost-to-follow-up counts, by family-doctor team, village, township or county, as
 
 Aggregates only: no figure here carries a patient's name, so the health bureau may read every one.
 
-The definitions are those of docs in contracts.md ("Definitions the indicators and worklists use"); "as of
+The definitions (also in docs/architecture.md, "chronic/"); "as of
 day D" is a Shanghai date, and for a past month D is its last day:
 - managed(D): enrolments of the condition diagnosed on or before D and enrolled on or before D, active now
   or closed after D.

@@ -7,34 +7,16 @@ carry the tablet's `client_token`, unique, so a registration retried over a slow
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
 
 from healthrelay.core.db import Base, UTCDateTime, utcnow
 
 EVENT_KINDS = ("free_clinic", "mobile_checkup", "school_checkup")
 EVENT_STATUSES = ("planned", "open", "closed")
-
-
-class JSONText(TypeDecorator[Any]):
-    """JSON kept as text: seeded rows are copied back verbatim by the PostgreSQL test harness, which cannot pass a
-    Python dict to a native json column (the same reason as results.models.JSONList)."""
-
-    impl = Text
-    cache_ok = True
-
-    def process_bind_param(self, value: Any, dialect: Any) -> str:
-        if isinstance(value, str):  # already serialised (a verbatim copy of a seeded row)
-            return value
-        return json.dumps(value if value is not None else {}, ensure_ascii=False)
-
-    def process_result_value(self, value: str | None, dialect: Any) -> Any:
-        return json.loads(value) if value else {}
 
 
 class ScreeningService(Base):
@@ -53,8 +35,8 @@ class ScreeningService(Base):
     name: Mapped[str] = mapped_column(String(100))
     name_en: Mapped[str] = mapped_column(String(100), default="")
     sort_order: Mapped[int] = mapped_column(Integer, default=0)
-    fields: Mapped[list[dict[str, Any]]] = mapped_column(JSONText, default=list)
-    rule: Mapped[dict[str, Any]] = mapped_column(JSONText, default=dict)
+    fields: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    rule: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
 
 

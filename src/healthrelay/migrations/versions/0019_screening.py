@@ -9,7 +9,6 @@ risk), bone density (T-score <= -2.5), ECG and DR (the mobile exam vehicle's rea
 Revision ID: 0019
 Revises: 0018
 """
-import json
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -30,8 +29,8 @@ def upgrade() -> None:
     sa.Column('name', sa.String(length=100), nullable=False),
     sa.Column('name_en', sa.String(length=100), nullable=False),
     sa.Column('sort_order', sa.Integer(), nullable=False),
-    sa.Column('fields', sa.Text(), nullable=False),
-    sa.Column('rule', sa.Text(), nullable=False),
+    sa.Column('fields', sa.JSON(), nullable=False),
+    sa.Column('rule', sa.JSON(), nullable=False),
     sa.Column('active', sa.Boolean(), nullable=False),
     sa.PrimaryKeyConstraint('code', name=op.f('pk_screening_services'))
     )
@@ -199,10 +198,10 @@ SERVICES = [
 
 def _seed() -> None:
     services = sa.table("screening_services", sa.column("code"), sa.column("name"), sa.column("name_en"),
-                        sa.column("sort_order"), sa.column("fields"), sa.column("rule"), sa.column("active"))
+                        sa.column("sort_order"), sa.column("fields", sa.JSON), sa.column("rule", sa.JSON),
+                        sa.column("active"))
     op.bulk_insert(services, [{"code": c, "name": zh, "name_en": en, "sort_order": i * 10,
-                               "fields": json.dumps(fields, ensure_ascii=False),
-                               "rule": json.dumps(rule, ensure_ascii=False), "active": True}
+                               "fields": fields, "rule": rule, "active": True}
                               for i, (c, zh, en, fields, rule) in enumerate(SERVICES)])
 
 
