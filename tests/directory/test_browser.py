@@ -3,7 +3,6 @@ and the alliance map is drawn from coordinates without tiles, with tooltips and 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -13,7 +12,6 @@ from healthrelay.directory import service
 from tests import factories as f
 
 pytestmark = pytest.mark.e2e
-CHROMIUM = os.environ.get("HEALTHRELAY_CHROMIUM", "/usr/bin/chromium")
 
 
 @pytest.fixture
