@@ -9,13 +9,15 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from healthrelay.accounts.models import Role
+from healthrelay.audit.models import AuditEvent
 from healthrelay.chronic import service
 from healthrelay.chronic.models import FamilyDoctorContract
 from healthrelay.core.db import local_today
 from healthrelay.core.errors import AccessDenied, Conflict, InvalidInput, NeedToKnowDenied
 from healthrelay.patients.models import PatientRegistration, TeamPanelEntry
 from tests import factories as f
-from tests.chronic.registry_world import RegistryWorld, build, login
+from tests.chronic.registry_world import RegistryWorld, build, login, other_user
 
 
 @pytest.fixture
@@ -184,3 +186,49 @@ def test_contract_form_signs_and_shows_conflicts(client, db: Session, registry_w
     api = client.post("/api/v1/chronic/contracts", headers=f.bearer(client, w.doc1.username), json={
         "patient_id": w.p2.id, "team_id": w.team1.id, "package_code": "basic", "starts_on": str(local_today())})
     assert api.status_code == 409 and api.json()["code"] == "signed_to_another_team"
+
+
+def test_contract_form_shows_a_resident_only_to_staff_who_may_sign_them(client, db: Session,  # noqa: ANN001
+                                                                       registry_world: RegistryWorld) -> None:
+    """GET /chronic/contracts/new?patient= names the resident and their contract: the rule of signing applies
+    (a family-doctor team, and a care relationship or a village the team serves), and the read is audited."""
+    w = registry_world
+    bureau = other_user(db, role=Role.HEALTH_BUREAU, organisation=None)
+    resident = f.user(db, role=Role.PATIENT, username="reg_resident_p1", patient=w.p1)  # own record: not staff
+    db.commit()
+    url = f"/chronic/contracts/new?patient={w.p1.id}"
+    for username in (bureau.username, resident.username, w.doc2.username):  # doc2: team2, p1 lives elsewhere
+        login(client, username, "/")
+        refused = client.get(url)
+        assert refused.status_code == 403, (username, refused.status_code)
+        assert "王秀英" not in refused.text and "1956" not in refused.text
+    denied = db.scalars(select(AuditEvent).where(AuditEvent.action == "chronic.contract.read",
+                                                 AuditEvent.outcome == "denied")).all()
+    assert len(denied) == 3 and {e.patient_id for e in denied} == {w.p1.id}
+    # The village doctor of team1: p1 lives in a village team1 serves.
+    login(client, w.vdoc.username)
+    shown = client.get(url)
+    assert shown.status_code == 200 and "王秀英" in shown.text
+    read = db.scalar(select(AuditEvent).where(AuditEvent.action == "chronic.contract.read",
+                                              AuditEvent.outcome == "ok"))
+    assert read is not None and read.patient_id == w.p1.id and read.purpose == "team_village"
+
+
+def test_landing_counts_each_team_and_the_contract_form_lists_the_users_teams(
+        client, db: Session, registry_world: RegistryWorld) -> None:  # noqa: ANN001
+    w = registry_world
+    service.sign_contract(db, by=w.doc1, patient_id=w.p1.id, team_id=w.team1.id, package_code="basic",
+                          starts_on=local_today())
+    service.enrol(db, by=w.doc1, patient_id=w.p1.id, condition_code="htn", diagnosed_on=local_today(),
+                  source="clinic")
+    service.sign_contract(db, by=w.doc2, patient_id=w.p2.id, team_id=w.team2.id, package_code="basic",
+                          starts_on=local_today())
+    third = f.family_team(db, organisation=w.town1, members=[w.doc1])  # doc1's second team, nobody signed
+    db.commit()
+    cards = {c.team.id: c for c in service.my_teams(db, user=w.doc1)}
+    assert set(cards) == {w.team1.id, third.id}
+    assert (cards[w.team1.id].signed, cards[w.team1.id].enrolled, cards[w.team1.id].overdue) == (1, {"htn": 1}, 0)
+    assert (cards[third.id].signed, cards[third.id].enrolled, cards[third.id].overdue) == (0, {}, 0)
+    assert cards[w.team1.id].organisation_name == w.town1.name
+    assert [t.id for t in service.family_teams_for(db, user=w.doc2)] == [w.team2.id]
+    assert service.family_teams_for(db, user=other_user(db, role=Role.HEALTH_BUREAU, organisation=None)) == []

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from healthrelay.accounts.models import Role
 from healthrelay.audit.models import AuditEvent
 from healthrelay.chronic import indicators
-from healthrelay.chronic.models import ChronicEnrolment, ChronicFollowUp, ChronicReading
+from healthrelay.chronic.models import ChronicCondition, ChronicEnrolment, ChronicFollowUp, ChronicReading
 from healthrelay.core.db import local_today
 from healthrelay.core.errors import AccessDenied, InvalidInput
 from healthrelay.directory.models import Area, AreaLevel, Organisation, Team, TeamKind, TeamMember
@@ -460,3 +460,61 @@ def test_scope_for_refuses_patients(db: Session, county: County) -> None:
     patient_user = f.user(db, role=Role.PATIENT, patient=resident(db, county.villages[0]))
     with pytest.raises(AccessDenied):
         indicators.scope_for(db, user=patient_user)
+
+
+def test_a_short_lost_to_follow_up_period_does_not_cut_the_other_windows(db: Session, county: County) -> None:
+    """A county may set lost_after_days below 365 (or 90): the standard-management year and the control
+    window still reach back their full length, and "lost" still looks only at its own period."""
+    htn = db.get(ChronicCondition, "htn")
+    htn.rules = {**htn.rules, "lost_after_days": 60}
+    as_of = ago(1)  # a past day: lost is read from the readings and visits themselves
+
+    def before(days: int) -> int:
+        return days + 1
+
+    kept = enrol(db, county, enrolled_days_ago=400)
+    for d in (10, 100, 200, 300):
+        visit(db, kept, before(d))
+    bp(db, kept, before(80), 120, 70)  # in the 90-day window, before the 60-day period
+    silent = enrol(db, county, enrolled_days_ago=400)
+    visit(db, silent, before(300))
+    bp(db, silent, before(80), 170, 100)
+    row = one(db, as_of=as_of)
+    assert (row.standard_num, row.standard_den) == (1, 2)
+    assert (row.control_num, row.control_den, row.uncontrolled, row.no_visit) == (1, 2, 1, 0)
+    assert row.lost == 1  # `silent`: nothing in the 60 days ending the day
+
+
+def test_the_monthly_chart_of_some_teams_counts_the_adults_of_their_villages(db: Session, county: County) -> None:
+    """The 12-month chart of a clinician (their teams) divides by the adults of the teams' villages, as the
+    table does, not by the whole county's."""
+    for _ in range(10):
+        resident(db, county.villages[0], age=40)  # team 0's village
+    for _ in range(4):
+        resident(db, county.villages[2], age=40)  # team 1's village
+    enrol(db, county, village=2)  # one more adult of v2, managed by team 1
+    team = county.teams[1].id
+    table = compute(db, group_by="team", team_ids={team})
+    series = indicators.monthly(db, condition="htn", months=2, team_ids={team}, today=TODAY)
+    assert table[0].adults == 5
+    assert [p.row.adults for p in series] == [5, 5]
+    assert series[-1].row.managed == table[0].managed == 1
+    assert series[-1].row.management_rate == pytest.approx(table[0].management_rate)
+
+
+def test_a_month_before_1900_or_an_area_past_an_integer_is_refused_by_field(db: Session, county: County,
+                                                                            web) -> None:  # noqa: ANN001
+    with pytest.raises(InvalidInput) as old:
+        indicators.as_of_for_month("0001-01", TODAY)
+    assert old.value.field_errors[0]["field"] == "month"
+    f.user(db, role=Role.HEALTH_BUREAU, username="bureau", with_practitioner=False)
+    db.commit()
+    login(web, "bureau")
+    for url, name in (("/chronic/indicators?condition=htn&month=0001-01", "month"),
+                      ("/chronic/indicators?condition=htn&month=1899-12", "month"),
+                      (f"/chronic/indicators?condition=htn&area={10**20}", "area"),
+                      ("/chronic/indicators?condition=htn&area=²", "area"),
+                      (f"/chronic/grid?condition=htn&township={10**20}", "area"),
+                      (f"/chronic/indicators/series.json?condition=htn&area={10**20}", "area")):
+        response = web.get(url)
+        assert response.status_code == 422 and name in response.text, (url, response.status_code)

@@ -18,7 +18,7 @@ from healthrelay.core.db import local_today
 from healthrelay.core.errors import AccessDenied, Conflict, InvalidInput, NeedToKnowDenied
 from healthrelay.patients.models import Patient
 from tests import factories as f
-from tests.chronic.test_followups import ChronicWorld, enrol, login, visit
+from tests.chronic.test_followups import ChronicWorld, enrol, form_data, login, visit
 from tests.chronic.test_followups import world as world  # noqa: F401 - fixture
 
 TODAY = date(2026, 6, 15)
@@ -290,3 +290,40 @@ def test_in_the_browser_a_visit_from_the_keyboard_and_a_call_swapped_in_place(pa
     page.goto("/chronic/worklist")
     expect(page.locator("#tasks-table")).to_contain_text("核查上转申请")
     expect(page.locator("#overdue-empty")).to_be_visible()
+
+
+def _fields(response) -> set[str]:  # noqa: ANN001
+    return {e["field"] for e in response.json()["field_errors"]}
+
+
+def test_out_of_range_ids_and_pages_are_refused_by_field_not_a_server_error(
+        client, db: Session, world: ChronicWorld) -> None:  # noqa: ANN001
+    """"²" passes str.isdigit(), and ids or offsets past an INTEGER make PostgreSQL fail: each is a 4xx naming
+    the parameter, on the pages and in the JSON API."""
+    e = enrol(db, world)
+    huge = str(10**12)
+    csrf = login(client, "village_doc")
+    for url in ("/chronic/follow-ups/new?enrolment=²", f"/chronic/follow-ups/new?enrolment={huge}",
+                "/chronic/worklist?team=²", f"/chronic/worklist?team={huge}", f"/chronic/follow-ups/{huge}",
+                f"/chronic/worklist?page={10**9}"):
+        response = client.get(url)
+        assert response.status_code == 422, (url, response.status_code)
+    posted = client.post("/chronic/follow-ups/new", data=form_data(e, csrf, enrolment_id=huge))
+    assert posted.status_code == 422
+    call = client.post("/chronic/worklist/calls", data={"csrf_token": csrf, "enrolment_id": huge,
+                                                        "outcome_code": "no_answer"})
+    assert call.status_code == 422 and "enrolment_id" in call.text
+    task = client.post(f"/chronic/worklist/tasks/{huge}/done", data={"csrf_token": csrf, "outcome": "x"})
+    assert task.status_code == 422
+    headers = f.bearer(client, "village_doc")
+    body = {"enrolment_id": 10**12, "visit_on": local_today().isoformat(), "sbp": 120, "dbp": 80}
+    assert _fields(client.post("/api/v1/chronic/follow-ups", json=body, headers=headers)) == {"enrolment_id"}
+    assert _fields(client.post("/api/v1/chronic/calls", json={"enrolment_id": 10**12, "outcome_code": "no_answer"},
+                               headers=headers)) == {"enrolment_id"}
+    for url, name in ((f"/api/v1/chronic/follow-ups?enrolment={huge}", "enrolment"),
+                      (f"/api/v1/chronic/worklist?team={huge}", "team"),
+                      (f"/api/v1/chronic/worklist?offset={huge}", "offset")):
+        response = client.get(url, headers=headers)
+        assert response.status_code == 422 and _fields(response) == {name}, (url, response.text)
+    done = client.post(f"/api/v1/chronic/tasks/{huge}/done", json={"outcome": "x"}, headers=headers)
+    assert done.status_code == 422 and _fields(done) == {"task_id"}

@@ -14,8 +14,8 @@ from healthrelay.chronic.models import ChronicTask
 from healthrelay.core.errors import Conflict, InvalidInput
 from healthrelay.patients.models import IdentifierType, Patient, PatientIdentifier
 from healthrelay.screening import service
-from healthrelay.screening.models import ScreeningAttendance, ScreeningResult
-from healthrelay.screening.sheets import COLUMNS, bad_row_numbers, make_school_sheet, student_rows
+from healthrelay.screening.models import ScreeningAttendance, ScreeningImport, ScreeningResult
+from healthrelay.screening.sheets import COLUMNS, bad_row_numbers, make_school_sheet, read_xlsx_fast, student_rows
 from tests.screening.conftest import World, plan
 
 SCHOOL_SERVICES = ["height_weight", "vision", "dental", "bp"]
@@ -122,3 +122,73 @@ def test_a_thousand_row_sheet(db: Session, world: World) -> None:
     assert count(db, ScreeningAttendance) == 990
     assert db.scalar(select(func.count()).select_from(PatientIdentifier)
                      .where(PatientIdentifier.type == IdentifierType.RESIDENT_ID)) == 991  # + the resident on file
+
+
+def test_a_clash_meanwhile_reports_that_row_only(db: Session, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Someone registers a student while the sheet is written: the chunk is redone row by row, that row is
+    reported, and the other students (new records from the rolled-back chunk) are written afresh. On PostgreSQL the
+    clash comes from COPY as psycopg's own UniqueViolation."""
+    event = plan(db, world, kind="school_checkup", services=SCHOOL_SERVICES)
+    rows = student_rows(5, seed=9)
+    rows[3][COLUMNS.index("身份证号")] = world.resident_id
+    rows[3][COLUMNS.index("姓名")] = world.resident.name
+    rows[3][COLUMNS.index("性别")] = "女"
+    rows[3][COLUMNS.index("出生日期")] = world.resident.birth_date.isoformat()
+    real = service._insert_ids
+
+    def meanwhile(db: Session, model: type, rows: list[dict]) -> list[int]:
+        if model is ScreeningAttendance and any(r["patient_id"] == world.resident.id for r in rows):
+            db.add(ScreeningAttendance(event_id=event.id, patient_id=world.resident.id, client_token="tablet-000001",
+                                       how="resident_id"))
+            db.flush()
+        return real(db, model, rows)
+
+    monkeypatch.setattr(service, "_insert_ids", meanwhile)
+    record = service.import_school_sheet(db, by=world.doctor, event_id=event.id, filename="s.csv",
+                                         content=csv_of(rows))
+    assert [e["row"] for e in record.errors] == [4] and "meanwhile" in record.errors[0]["message"]
+    assert (record.rows_imported, record.residents_new, record.rows_failed) == (4, 4, 1)
+    written = db.scalars(select(Patient.name).join(ScreeningAttendance, ScreeningAttendance.patient_id == Patient.id)
+                         .where(ScreeningAttendance.event_id == event.id, ScreeningAttendance.how == "import_new"))
+    assert sorted(written) == sorted(r[COLUMNS.index("姓名")] for r in rows[1:] if r is not rows[3])
+
+
+def test_a_failing_import_leaves_nothing_written(db: Session, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    event = plan(db, world, kind="school_checkup", services=SCHOOL_SERVICES)
+    patients_before = count(db, Patient)
+    real = service._write_students
+    calls = []
+
+    def fail_second(*args: object, **kwargs: object) -> tuple[int, int, int]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the server stopped")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "IMPORT_CHUNK", 2)
+    monkeypatch.setattr(service, "_write_students", fail_second)
+    with pytest.raises(RuntimeError):
+        service.import_school_sheet(db, by=world.doctor, event_id=event.id, filename="s.csv",
+                                    content=csv_of(student_rows(5, seed=12)))
+    db.rollback()
+    assert len(calls) == 2  # the first chunk was written before the failure
+    assert count(db, ScreeningAttendance) == count(db, ScreeningImport) == count(db, ScreeningResult) == 0
+    assert count(db, Patient) == patients_before
+
+
+def test_broken_and_overlong_files_are_refused_naming_the_file(db: Session, world: World,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    event = plan(db, world, kind="school_checkup", services=SCHOOL_SERVICES)
+    unclosed = ("姓名,性别\n\"张三,男\n" + "李四,女\n" * 30000).encode()  # the rest of the file is one field
+    with pytest.raises(InvalidInput) as exc:
+        service.import_school_sheet(db, by=world.doctor, event_id=event.id, filename="q.csv", content=unclosed)
+    assert exc.value.status_code == 422 and [e["field"] for e in exc.value.field_errors] == ["file"]
+    # A sheet far past the limit is refused without reading it all.
+    monkeypatch.setattr(service, "MAX_IMPORT_ROWS", 5)
+    monkeypatch.setattr(service, "IMPORT_ROWS_MARGIN", 2)
+    for name, content in (("big.xlsx", make_school_sheet(30, seed=1)), ("big.csv", csv_of(student_rows(30, seed=1)))):
+        with pytest.raises(InvalidInput) as exc:
+            service.import_school_sheet(db, by=world.doctor, event_id=event.id, filename=name, content=content)
+        assert exc.value.field_errors == [{"field": "file", "message": "too many rows"}], name
+    assert len(read_xlsx_fast(make_school_sheet(30, seed=1), max_rows=8)) == 8
+    assert count(db, ScreeningImport) == 0

@@ -75,8 +75,11 @@ def test_a_likely_duplicate_is_shown_to_pick_from(client, db: Session, world: Wo
         "csrf_token": csrf, "client_token": token, "resident_id": "", "name": world.resident.name, "sex": "F",
         "birth_date": "1961-04-13", "phone": "", "village": str(world.village.id)})
     assert shown.status_code == 409 and f'id="pick-{world.resident.id}"' in shown.text
-    picked = client.post(f"/screening/events/{event.id}/register", data={
-        "csrf_token": csrf, "client_token": token, "patient_id": str(world.resident.id)}, follow_redirects=False)
+    # The pick form posts back the details the candidates were found for (hidden inputs).
+    pick_form = re.search(rf'<form[^>]*>(?:(?!</form>).)*id="pick-{world.resident.id}"', shown.text, re.S).group(0)
+    sent = dict(re.findall(r'<input type="hidden" name="([a-z_]+)" value="([^"]*)"', pick_form))
+    assert sent["name"] == world.resident.name and sent["birth_date"] == "1961-04-13"
+    picked = client.post(f"/screening/events/{event.id}/register", data=sent, follow_redirects=False)
     assert picked.status_code == 303
     assert db.scalar(select(ScreeningAttendance.patient_id)) == world.resident.id
 
@@ -104,7 +107,7 @@ def test_need_to_know_on_the_pages(client, db: Session, world: World) -> None:  
     from healthrelay.screening import service
 
     attendance = service.quick_register(db, by=world.doctor, event_id=event.id, client_token="tok-ntk-000001",
-                                        name=world.resident.name, sex="F", birth_date=None,
+                                        name=world.resident.name, sex="F", birth_date=world.resident.birth_date,
                                         patient_id=world.resident.id)
     db.commit()
     login(client, "other_doc")
@@ -155,7 +158,7 @@ def test_no_page_shows_a_bare_catalogue_key(client, db: Session, world: World) -
     from healthrelay.screening import service
 
     attendance = service.quick_register(db, by=world.doctor, event_id=event.id, client_token="tok-keys-00001",
-                                        name=world.resident.name, sex="F", birth_date=None,
+                                        name=world.resident.name, sex="F", birth_date=world.resident.birth_date,
                                         patient_id=world.resident.id)
     db.commit()
     login(client, "town_doc")
@@ -163,3 +166,49 @@ def test_no_page_shows_a_bare_catalogue_key(client, db: Session, world: World) -
                  f"/screening/events/{event.id}/import", f"/screening/events/{event.id}/attendances/{attendance.id}"):
         html = client.get(path).text
         assert not re.findall(r"screening\.[a-z_]+\.[a-z_]+", html.replace("/screening", "")), path
+
+
+def test_a_pick_of_a_record_not_shown_is_refused_on_the_page_and_the_api(client, db: Session,  # noqa: ANN001
+                                                                       world: World) -> None:
+    event = plan(db, world)
+    csrf = login(client, "town_doc")
+    token = TOKEN_RE.search(client.get(f"/screening/events/{event.id}/register").text).group(1)
+    for data in ({"patient_id": str(world.resident.id)},
+                 {"patient_id": str(world.resident.id), "name": "张三", "sex": "M", "birth_date": "1970-01-01"}):
+        refused = client.post(f"/screening/events/{event.id}/register",
+                              data={"csrf_token": csrf, "client_token": token, **data}, follow_redirects=False)
+        assert refused.status_code == 422 and 'id="form-error"' in refused.text
+    api = client.post(f"/api/v1/screening/events/{event.id}/attendances", headers=f.bearer(client, "town_doc"),
+                      json={"client_token": "api-pick-0001", "name": "张三", "sex": "M", "birth_date": "1970-01-01",
+                            "patient_id": world.resident.id})
+    assert api.status_code == 422 and [e["field"] for e in api.json()["field_errors"]] == ["patient_id"]
+    assert db.scalar(select(func.count()).select_from(ScreeningAttendance)) == 0
+
+
+def test_bad_numbers_and_another_organisations_team_are_named_on_the_pages(client, db: Session,  # noqa: ANN001
+                                                                          world: World) -> None:
+    event = plan(db, world)
+    elsewhere = f.family_team(db, organisation=world.other_town, members=[world.outsider])
+    db.commit()
+    csrf = login(client, "town_doc")
+    for value in ("inf", "nan", "1e400", "99999999999"):
+        page = client.post(f"/screening/events/{event.id}/counts", data={
+            "csrf_token": csrf, "leaflets_given": "1", "medicines_given": "1", "medicines_value": value})
+        assert page.status_code == 422 and 'id="medicines_value-error"' in page.text, value
+    planned = client.post("/screening", data={"csrf_token": csrf, "kind": "free_clinic", "title": "义诊",
+                                              "starts_at": "2026-12-20T08:00", "ends_at": "2026-12-20T16:00",
+                                              "team_id": str(elsewhere.id), "services": ["bp"]})
+    assert planned.status_code == 422 and 'id="team_id-error"' in planned.text
+    api = client.post("/api/v1/screening/events", headers=f.bearer(client, "town_doc"), json={
+        "kind": "free_clinic", "title": "义诊", "host_organisation_id": world.town.id, "services": ["bp"],
+        "starts_at": "2026-12-20T08:00:00+08:00", "ends_at": "2026-12-20T16:00:00+08:00", "team_id": elsewhere.id})
+    assert api.status_code == 422 and [e["field"] for e in api.json()["field_errors"]] == ["team_id"]
+    attendance = client.post(f"/api/v1/screening/events/{event.id}/attendances", headers=f.bearer(client, "town_doc"),
+                             json={"client_token": "api-inf-00001", "resident_id": world.resident_id})
+    result = client.post(f"/api/v1/screening/attendances/{attendance.json()['id']}/results",
+                         headers=f.bearer(client, "town_doc"),
+                         json={"service_code": "bp", "values": {"sbp": "1e999", "dbp": "80"}})
+    assert result.status_code == 422 and result.json()["field_errors"][0]["field"] == "sbp"
+    page = client.post(f"/screening/events/{event.id}/attendances/{attendance.json()['id']}/results/glucose",
+                       data={"csrf_token": csrf, "value": "nan", "context": "fasting"})
+    assert page.status_code == 422 and 'aria-invalid="true"' in page.text

@@ -9,14 +9,17 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from healthrelay.access import service as access
 from healthrelay.chronic.models import ChronicReading, ChronicTask
 from healthrelay.core.db import local_today, utcnow
 from healthrelay.core.errors import AccessDenied, Conflict, InvalidInput
+from healthrelay.directory.models import TeamMember
 from healthrelay.patients.identity import make_resident_id
 from healthrelay.patients.models import Patient
 from healthrelay.patients.service import LikelyDuplicates
 from healthrelay.screening import service
 from healthrelay.screening.models import ScreeningAttendance, ScreeningResult
+from tests import factories as f
 from tests.screening.conftest import World, plan
 
 
@@ -88,8 +91,10 @@ def test_a_likely_duplicate_is_shown_not_created_and_the_user_picks_or_confirms(
                                village=world.village.id)
     assert world.resident.id in {c.patient_id for c in exc.value.candidates}
     assert db.scalar(select(func.count()).select_from(Patient)) == before
+    # The pick comes back with the details the candidates were found for.
     picked = service.quick_register(db, by=world.doctor, event_id=event.id, client_token="tok-dup-00001",
-                                    name="刘桂兰", sex="F", birth_date=None, patient_id=world.resident.id)
+                                    name="刘桂兰", sex="F", birth_date=world.resident.birth_date + timedelta(days=1),
+                                    village=world.village.id, patient_id=world.resident.id)
     assert picked.patient_id == world.resident.id and picked.how == "chosen"
     # Another person at the same event, looked at and confirmed different: a new record.
     other = service.quick_register(db, by=world.doctor, event_id=event.id, client_token="tok-dup-00002",
@@ -210,3 +215,104 @@ def test_only_the_events_staff_register_and_see_the_people(db: Session, world: W
                               values={"sbp": 120, "dbp": 70})
     assert service.visible_events(db, user=world.outsider) == []
     assert [e.id for e in service.visible_events(db, user=world.bureau)] == [event.id]
+
+
+# ---------------------------------------------------------------------------- review fixes
+
+def test_a_pick_outside_the_candidates_shown_is_refused_and_opens_no_record(db: Session, world: World) -> None:
+    event = plan(db, world)
+    assert access.decide(db, user=world.doctor, patient_id=world.resident.id) is None
+    # A record picked with details that do not find it (or with no details, or an id that does not exist):
+    # 422 naming patient_id, alike whether the record exists or not, and nothing written.
+    for details in ({"name": "张三", "sex": "M", "birth_date": date(1970, 1, 1)},
+                    {"name": "", "sex": "", "birth_date": None}):
+        for chosen in (world.resident.id, 10**6):
+            with pytest.raises(InvalidInput) as exc:
+                service.quick_register(db, by=world.doctor, event_id=event.id, client_token="tok-pick-00001",
+                                       patient_id=chosen, **details)
+            assert exc.value.status_code == 422 and fields_of(exc) == {"patient_id"}
+    assert db.scalar(select(func.count()).select_from(ScreeningAttendance)) == 0
+    # So the event's staff gained no care relationship with that resident.
+    assert access.decide(db, user=world.doctor, patient_id=world.resident.id) is None
+    # The resident ID given is proof enough for the record that holds it.
+    row = service.quick_register(db, by=world.doctor, event_id=event.id, client_token="tok-pick-00002",
+                                 resident_id=world.resident_id, name="", sex="", birth_date=None,
+                                 patient_id=world.resident.id)
+    assert row.patient_id == world.resident.id and row.how == "chosen"
+
+
+def test_a_team_member_from_another_organisation_runs_the_event_to_the_end(db: Session, world: World) -> None:
+    visitor = f.user(db, organisation=world.other_town, username="visiting_doc")
+    db.add(TeamMember(team_id=world.team.id, practitioner_id=visitor.practitioner_id))
+    db.commit()
+    event = plan(db, world)
+    assert service.may_run(db, visitor, event)
+    row = service.quick_register(db, by=visitor, event_id=event.id, client_token="tok-team-00001",
+                                 resident_id=world.resident_id, name="", sex="", birth_date=None)
+    result = service.record_result(db, by=visitor, attendance_id=row.id, service_code="bp",
+                                   values={"sbp": 120, "dbp": 70})  # not NeedToKnowDenied
+    assert result.patient_id == world.resident.id
+    assert service.get_attendance(db, user=visitor, event_id=event.id, attendance_id=row.id).id == row.id
+    # Another organisation's clinician who is not on the team gains nothing from the attendance.
+    assert access.decide(db, user=world.outsider, patient_id=world.resident.id) is None
+
+
+def test_an_event_team_must_be_the_host_organisations(db: Session, world: World) -> None:
+    elsewhere = f.family_team(db, organisation=world.other_town, members=[world.outsider])
+    start = utcnow()
+    with pytest.raises(InvalidInput) as exc:
+        service.plan_event(db, by=world.doctor, plan=service.EventPlan(
+            kind="free_clinic", title="义诊", host_organisation_id=world.town.id, starts_at=start,
+            ends_at=start + timedelta(hours=4), services=["bp"], team_id=elsewhere.id))
+    assert exc.value.status_code == 422 and fields_of(exc) == {"team_id"}
+
+
+def test_event_numbers_come_from_the_id(db: Session, world: World) -> None:
+    first, second = plan(db, world, open_it=False), plan(db, world, open_it=False)
+    day = local_today().strftime("%Y%m%d")
+    assert first.number == f"SC{day}-{first.id:04d}" and second.number == f"SC{day}-{second.id:04d}"
+
+
+def test_infinite_and_not_a_number_values_are_refused_naming_the_field(db: Session, world: World) -> None:
+    event = plan(db, world, services=["bp", "vision", "bone_density"])
+    attendance = _attend(db, world, event.id, world.resident, "tok-inf-00001")
+    for code, values, wanted in (("bp", {"sbp": "1e999", "dbp": "80"}, "sbp"),
+                                 ("vision", {"left": "nan", "right": "5.0"}, "left"),
+                                 ("bone_density", {"t_score": "nan"}, "t_score"),
+                                 ("bone_density", {"t_score": "-inf"}, "t_score")):
+        with pytest.raises(InvalidInput) as exc:
+            service.record_result(db, by=world.doctor, attendance_id=attendance.id, service_code=code, values=values)
+        assert exc.value.status_code == 422 and fields_of(exc) == {wanted}, (code, values)
+    with pytest.raises(InvalidInput) as exc:  # beyond a PostgreSQL integer
+        service.set_counts(db, by=world.doctor, event_id=event.id, leaflets_given=0, medicines_given=0,
+                           medicines_value_fen=2**31)
+    assert fields_of(exc) == {"medicines_value"}
+
+
+def test_a_result_entered_again_corrects_its_chronic_reading(db: Session, world: World) -> None:
+    event = plan(db, world)
+    attendance = _attend(db, world, event.id, world.hypertensive, "tok-again-0001")
+    first = service.record_result(db, by=world.doctor, attendance_id=attendance.id, service_code="bp",
+                                  values={"sbp": "186", "dbp": "100"})  # mistyped
+    again = service.record_result(db, by=world.doctor, attendance_id=attendance.id, service_code="bp",
+                                  values={"sbp": "136", "dbp": "84"})
+    readings = db.scalars(select(ChronicReading).where(ChronicReading.patient_id == world.hypertensive.id)).all()
+    assert [(r.sbp, r.dbp) for r in readings] == [(136, 84)]
+    assert again.id == first.id and again.reading_id == readings[0].id
+    db.refresh(world.enrolment)
+    assert (world.enrolment.last_sbp, world.enrolment.last_dbp) == (136, 84)
+
+
+def test_the_report_sheet_does_not_run_typed_formulas(db: Session, world: World) -> None:
+    import io
+
+    from openpyxl import load_workbook
+
+    start = utcnow()
+    event = service.plan_event(db, by=world.doctor, plan=service.EventPlan(
+        kind="free_clinic", title="=HYPERLINK(\"http://x\",\"义诊\")", host_organisation_id=world.town.id,
+        starts_at=start, ends_at=start + timedelta(hours=4), services=["bp"], place="+1+1"))
+    sheet = load_workbook(io.BytesIO(service.report_sheet(db, event_id=event.id))).active
+    cells = {row[0].value: row[1] for row in sheet.iter_rows() if row[0].value}
+    assert cells["活动 event"].data_type == "s" and cells["活动 event"].value.startswith("'=")
+    assert cells["地点 place"].value == "'+1+1"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile, status
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
 from healthrelay.chronic import followup_api, service
@@ -20,6 +20,7 @@ from healthrelay.chronic.schemas import (
     EnrolmentIn,
     EnrolmentOut,
     EnrolmentUpdate,
+    IdPath,
     ImportReportOut,
     MedicineIn,
     PanelOut,
@@ -31,8 +32,6 @@ from healthrelay.chronic.schemas import (
 )
 from healthrelay.core.deps import CurrentUser, DbSession, client_address
 from healthrelay.core.errors import InvalidInput, field_error
-
-IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 router = APIRouter(tags=["chronic"])
 router.include_router(followup_api.router)

@@ -14,6 +14,7 @@ from healthrelay.accounts.models import User
 from healthrelay.chronic import followups, worklist
 from healthrelay.chronic.followups import FollowUpInput
 from healthrelay.chronic.models import ChronicFollowUp
+from healthrelay.chronic.schemas import MAX_ID, MAX_OFFSET, Id, IdPath, IdQuery
 from healthrelay.core.deps import CurrentUser, DbSession, client_address
 from healthrelay.core.errors import InvalidInput, field_error
 
@@ -29,7 +30,7 @@ class MedicineIn(BaseModel):
 class FollowUpIn(BaseModel):
     """One visit of the national follow-up form (随访服务记录表)."""
 
-    enrolment_id: int
+    enrolment_id: Id
     visit_on: date
     mode: str = "clinic"
     symptoms: list[str] = Field(default_factory=list, max_length=20)
@@ -154,7 +155,7 @@ class WorklistOut(BaseModel):
 
 
 class CallIn(BaseModel):
-    enrolment_id: int
+    enrolment_id: Id
     outcome_code: str = Field(max_length=30)
     note: str = ""
 
@@ -214,16 +215,17 @@ def create_follow_up(body: FollowUpIn, request: Request, db: DbSession, user: Cu
 
 @router.get("/chronic/follow-ups", response_model=list[FollowUpOut])
 def list_follow_ups(request: Request, db: DbSession, user: CurrentUser,
-                    enrolment: Annotated[int, Query()]) -> list[ChronicFollowUp]:
+                    enrolment: IdQuery) -> list[ChronicFollowUp]:
     """An enrolment's visits, newest first (need-to-know)."""
     return followups.follow_ups_of(db, user=user, enrolment_id=enrolment, client_address=client_address(request))
 
 
 @router.get("/chronic/worklist", response_model=WorklistOut)
-def get_worklist(request: Request, db: DbSession, user: CurrentUser, team: int | None = None,
+def get_worklist(request: Request, db: DbSession, user: CurrentUser,
+                 team: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
                  condition: Annotated[str, Query(max_length=20)] = "",
                  limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                 offset: Annotated[int, Query(ge=0)] = 0) -> WorklistOut:
+                 offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> WorklistOut:
     """The team's overdue patients (high risk first), open tasks and counts."""
     found = worklist.team_worklist(db, user=user, team_id=pick_team(db, user, team), condition=condition or None,
                                    limit=limit, offset=offset, client_address=client_address(request))
@@ -247,7 +249,7 @@ def create_call(body: CallIn, request: Request, db: DbSession, user: CurrentUser
 
 
 @router.post("/chronic/tasks/{task_id}/done", response_model=TaskOut)
-def task_done(task_id: int, body: TaskDoneIn, request: Request, db: DbSession, user: CurrentUser) -> TaskOut:
+def task_done(task_id: IdPath, body: TaskDoneIn, request: Request, db: DbSession, user: CurrentUser) -> TaskOut:
     """Mark a team task done with its outcome."""
     task = worklist.complete_task(db, by=user, task_id=task_id, outcome=body.outcome,
                                   client_address=client_address(request))

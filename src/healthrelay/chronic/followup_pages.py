@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.orm import Session
 
@@ -18,6 +18,7 @@ from healthrelay.accounts.models import User
 from healthrelay.chronic import followups, rules, worklist
 from healthrelay.chronic.followups import FollowUpInput
 from healthrelay.chronic.models import ChronicEnrolment, ChronicFollowUp
+from healthrelay.chronic.schemas import MAX_OFFSET, IdPath, is_id
 from healthrelay.core.db import local_today
 from healthrelay.core.deps import CsrfChecked, CurrentUser, DbSession, client_address
 from healthrelay.core.errors import AccessDenied, DomainError, InvalidInput, field_error
@@ -30,6 +31,7 @@ FormText = Annotated[str, Form()]
 FormList = Annotated[list[str], Form()]
 MEDICINE_ROWS = 4
 PAGE_SIZE = 50
+MAX_PAGE = MAX_OFFSET // PAGE_SIZE
 LIFESTYLE_FIELDS = ("smoking_per_day", "drinking_liang_per_day", "exercise_per_week", "exercise_minutes",
                     "staple_g_per_day", "salt", "mood", "compliance")
 # The national forms' symptom lists; another condition is offered them all.
@@ -95,16 +97,15 @@ def _form_page(request: Request, db: Session, user: User, *, enrolment_id: int, 
             cond, rules.age_on(patient.birth_date, local_today())),
         "form": form or _blank_form(enrolment, last), "invalid": invalid, "error": error,
         "choices": _choices(locale), "symptom_list": SYMPTOMS_BY_CONDITION.get(cond.code, tuple(followups.SYMPTOMS)),
-        "lifestyle_numbers": followups.LIFESTYLE_NUMBERS,
         "focus": next((f for f in FIELD_ORDER if f in invalid), "visit_on"), "today": local_today()},
         status_code=status_code)
 
 
 def _enrolment_param(value: str) -> int:
-    if not value.strip().isdigit():
+    if not is_id(value):
         raise InvalidInput("请指定慢病管理档案 / choose the enrolment", field_errors=[
             field_error("enrolment", "须为数字 / must be a number")])
-    return int(value)
+    return int(value.strip())
 
 
 @router.get("/chronic/follow-ups/new")
@@ -202,7 +203,7 @@ def follow_up_submit(request: Request, db: DbSession, user: CurrentUser, enrolme
 
 
 @router.get("/chronic/follow-ups/{follow_up_id:int}")
-def follow_up_detail(request: Request, db: DbSession, user: CurrentUser, follow_up_id: int,
+def follow_up_detail(request: Request, db: DbSession, user: CurrentUser, follow_up_id: IdPath,
                      saved: str = "") -> Response:
     found = followups.follow_up_for(db, user=user, follow_up_id=follow_up_id, client_address=client_address(request))
     v = found.follow_up
@@ -221,7 +222,7 @@ def _team_param(value: str) -> int | None:
     value = (value or "").strip()
     if not value:
         return None
-    if not value.isdigit():
+    if not is_id(value):
         raise InvalidInput("团队编号须为数字 / team must be a number", field_errors=[
             field_error("team", "须为数字 / must be a number")])
     return int(value)
@@ -239,7 +240,7 @@ def _worklist_page(request: Request, db: Session, user: User, *, team: str = "",
         return render(request, "chronic/worklist_team.html", {"teams": [], "found": None, "error": error})
     conditions = {c.code: c for c in rules.all_conditions(db)}
     condition = condition if condition in conditions else ""
-    page = max(page, 1)
+    page = min(max(page, 1), MAX_PAGE)
     found = worklist.team_worklist(db, user=user, team_id=team_id, condition=condition or None,
                                    limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE,
                                    client_address=client_address(request))
@@ -254,7 +255,7 @@ def _worklist_page(request: Request, db: Session, user: User, *, team: str = "",
 
 @router.get("/chronic/worklist")
 def worklist_page(request: Request, db: DbSession, user: CurrentUser, team: str = "", condition: str = "",
-                  page: int = 1, done: str = "") -> Response:
+                  page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1, done: str = "") -> Response:
     return _worklist_page(request, db, user, team=team, condition=condition, page=page, done=done)
 
 
@@ -265,11 +266,11 @@ def _is_htmx(request: Request) -> bool:
 @router.post("/chronic/worklist/calls", dependencies=[CsrfChecked])
 def worklist_call(request: Request, db: DbSession, user: CurrentUser, enrolment_id: FormText = "",
                   outcome_code: FormText = "", note: FormText = "", team: FormText = "") -> Response:
-    problems = FormProblems()
-    enrolment = problems.opt_int("enrolment_id", enrolment_id)
+    enrolment = int(enrolment_id.strip()) if is_id(enrolment_id) else None
     try:
-        problems.raise_if_any()
-        assert enrolment is not None
+        if enrolment is None:
+            raise InvalidInput("enrolment_id 须为慢病管理档案编号 / enrolment_id must be an enrolment's id",
+                               field_errors=[field_error("enrolment_id", "须为编号 / must be an id")])
         call = worklist.record_call(db, by=user, enrolment_id=enrolment, outcome_code=outcome_code.strip(),
                                     note=note, client_address=client_address(request))
     except DomainError as exc:
@@ -288,7 +289,7 @@ def worklist_call(request: Request, db: DbSession, user: CurrentUser, enrolment_
 
 
 @router.post("/chronic/worklist/tasks/{task_id:int}/done", dependencies=[CsrfChecked])
-def worklist_task_done(request: Request, db: DbSession, user: CurrentUser, task_id: int, outcome: FormText = "",
+def worklist_task_done(request: Request, db: DbSession, user: CurrentUser, task_id: IdPath, outcome: FormText = "",
                        team: FormText = "") -> Response:
     try:
         task = worklist.complete_task(db, by=user, task_id=task_id, outcome=outcome,

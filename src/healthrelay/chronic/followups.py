@@ -21,7 +21,8 @@ from healthrelay.access import service as access
 from healthrelay.accounts.models import Role, User
 from healthrelay.audit import service as audit
 from healthrelay.chronic import rules, tasks
-from healthrelay.chronic.models import ChronicEnrolment, ChronicFollowUp, ChronicReading, ChronicTask
+from healthrelay.chronic.models import ChronicCondition, ChronicEnrolment, ChronicFollowUp, ChronicReading, ChronicTask
+from healthrelay.chronic.service import COMPLICATIONS, MAX_MEDICINES  # the registry card's: one list
 from healthrelay.core.db import LOCAL_TZ, local_today, utcnow
 from healthrelay.core.errors import AccessDenied, Conflict, InvalidInput, NotFound, field_error
 from healthrelay.directory.models import Alliance, AllianceKind, AllianceMembership, MembershipRole
@@ -56,12 +57,6 @@ FOOT_PULSES = {"normal": ("触及正常", "normal"), "weak_left": ("左侧减弱
                "weak_right": ("右侧减弱", "weak right"), "weak_both": ("双侧减弱", "weak both"),
                "absent": ("消失", "absent")}
 HYPOGLYCAEMIA = {"none": ("无", "none"), "occasional": ("偶尔", "occasional"), "frequent": ("频繁", "frequent")}
-COMPLICATIONS = {
-    "stroke": ("脑卒中", "stroke"), "chd": ("冠心病", "coronary heart disease"),
-    "heart_failure": ("心力衰竭", "heart failure"), "ckd": ("慢性肾病", "chronic kidney disease"),
-    "retinopathy": ("视网膜病变", "retinopathy"), "neuropathy": ("周围神经病变", "peripheral neuropathy"),
-    "diabetic_foot": ("糖尿病足", "diabetic foot"), "pad": ("下肢动脉病变", "peripheral artery disease"),
-}
 LEVELS = {"good": ("良好", "good"), "fair": ("一般", "fair"), "poor": ("差", "poor")}
 SALT = {"light": ("轻", "light"), "medium": ("中", "medium"), "heavy": ("重", "heavy")}
 # Lifestyle: numbers with their plausible range, and choices.
@@ -69,10 +64,7 @@ LIFESTYLE_NUMBERS = {"smoking_per_day": (0, 100), "drinking_liang_per_day": (0, 
                      "exercise_minutes": (0, 600), "staple_g_per_day": (0, 2000)}
 LIFESTYLE_CHOICES = {"salt": SALT, "mood": LEVELS, "compliance": LEVELS}
 HBA1C_RANGE = (3.0, 20.0)
-MAX_MEDICINES = 20
 TEXT_MAX = 2000
-DIAGNOSIS_CODES = {"htn": "I10", "t2dm": "E11"}
-CONDITION_NAMES = {"htn": ("高血压", "hypertension"), "t2dm": ("糖尿病", "diabetes")}
 
 
 @dataclass
@@ -345,15 +337,11 @@ def _move_schedule(enrolment: ChronicEnrolment, cond: rules.ConditionRules, *, v
     if face_to_face:
         enrolment.last_visit_on = max(enrolment.last_visit_on or visit_on, visit_on)
     if uncontrolled:
-        review = visit_on + _days(cond.review_days)
+        review = visit_on + timedelta(days=cond.review_days)
         if face_to_face or enrolment.next_visit_due is None or review < enrolment.next_visit_due:
             enrolment.next_visit_due, enrolment.next_visit_kind = review, "review"
     elif face_to_face or enrolment.next_visit_due is None:
-        enrolment.next_visit_due, enrolment.next_visit_kind = visit_on + _days(cond.routine_days), "routine"
-
-
-def _days(n: int) -> timedelta:
-    return timedelta(days=n)
+        enrolment.next_visit_due, enrolment.next_visit_kind = visit_on + timedelta(days=cond.routine_days), "routine"
 
 
 # ---------------------------------------------------------------------------- the referral proposed
@@ -380,8 +368,8 @@ def _numbers(visit: ChronicFollowUp, cond: rules.ConditionRules) -> str:
 
 
 def _reason(visit: ChronicFollowUp, previous: ChronicFollowUp | None, cond: rules.ConditionRules, *,
-            danger: bool) -> str:
-    zh, en = CONDITION_NAMES.get(cond.code, (cond.code, cond.code))
+            danger: bool, condition: ChronicCondition | None) -> str:
+    zh, en = (condition.name, (condition.name_en or condition.code).lower()) if condition else (cond.code, cond.code)
     unit = "mmol/L" if cond.uses_glucose and not cond.uses_bp else "mmHg"
     now = _numbers(visit, cond)
     if danger:
@@ -407,7 +395,8 @@ def _open_referral(db: Session, enrolment_id: int) -> Referral | None:
 def _propose_referral(db: Session, *, by: User, enrolment: ChronicEnrolment, visit: ChronicFollowUp,
                       previous: ChronicFollowUp | None, cond: rules.ConditionRules, danger: bool,
                       outcome: FollowUpOutcome, client_address: str) -> None:
-    outcome.referral_reason = _reason(visit, previous, cond, danger=danger)
+    condition = db.get(ChronicCondition, cond.code)  # its names and ICD-10 codes, as the registry holds them
+    outcome.referral_reason = _reason(visit, previous, cond, danger=danger, condition=condition)
     existing = _open_referral(db, enrolment.id)
     if existing is not None:
         # Proposed already and not closed: link this visit to it rather than stacking a second draft.
@@ -436,12 +425,12 @@ def _propose_referral(db: Session, *, by: User, enrolment: ChronicEnrolment, vis
         data = referrals.ReferralInput(
             patient_id=enrolment.patient_id, to_organisation_id=target,
             urgency=Urgency.URGENT if danger else Urgency.ROUTINE, reason=outcome.referral_reason[:500],
-            diagnosis_code=DIAGNOSIS_CODES.get(cond.code, ""), case_summary=summary, vital_signs=vitals,
-            medicines=list(visit.medicines or []))
+            diagnosis_code=(condition.icd10_prefixes or [""])[0] if condition else "", case_summary=summary,
+            vital_signs=vitals, medicines=list(visit.medicines or []))
         referral = referrals.create_draft(db, by=by, data=data, direction=Direction.UP, client_address=client_address)
         visit.referral_id = referral.id
         outcome.referral = referral
-    due = visit.visit_on + _days(cond.referral_check_days)
+    due = visit.visit_on + timedelta(days=cond.referral_check_days)
     title = (f"核查上转申请 {referral.number} / check on upward referral {referral.number}" if referral is not None
              else "核查是否已上转 / check the patient was referred up")
     outcome.task = tasks.create_task(db, patient_id=enrolment.patient_id, kind="referral_check", title=title,

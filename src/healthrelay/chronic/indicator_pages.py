@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -26,10 +25,12 @@ from healthrelay.accounts.models import User
 from healthrelay.audit import service as audit
 from healthrelay.chronic import indicators
 from healthrelay.chronic import rules as chronic_rules
+from healthrelay.chronic.schemas import is_id
 from healthrelay.core.db import local_today
 from healthrelay.core.deps import CurrentActor, DbSession, require_roles
 from healthrelay.core.errors import InvalidInput, field_error
 from healthrelay.directory.models import Area, AreaLevel, Team
+from healthrelay.referrals.kpi_pages import _PDF_BASE, _local_fetcher, _pct  # the same PDF and percent rules
 from healthrelay.web.i18n import translate
 from healthrelay.web.templating import render, request_locale
 
@@ -37,8 +38,6 @@ router = APIRouter(include_in_schema=False)
 
 Reader = Annotated[User, require_roles(*indicators.READERS)]
 SERIES_MONTHS = 12
-_STATIC = Path(__file__).resolve().parent.parent / "web" / "static"
-_PDF_BASE = "http://healthrelay.invalid/"  # resolves "/static/app.css"; never fetched over a network
 
 
 @dataclass
@@ -55,7 +54,6 @@ class View:
     rows: list[indicators.IndicatorRow]
     total: indicators.IndicatorRow
     scope: indicators.Scope
-    team_ids: set[int] | None
 
     @property
     def query(self) -> str:
@@ -72,11 +70,9 @@ class View:
 def _int(value: str | None, name: str) -> int | None:
     if value is None or not value.strip():
         return None
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidInput(f"{name} 须为数字 / {name} must be a number",
-                           field_errors=[field_error(name, "not a number")]) from None
+    if not is_id(value):
+        raise InvalidInput(f"{name} 须为编号 / {name} must be an id", field_errors=[field_error(name, "not an id")])
+    return int(value)
 
 
 def _condition(db: Session, code: str | None) -> chronic_rules.ConditionRules:
@@ -105,16 +101,15 @@ def _view(db: Session, user: User, condition: str | None, level: str | None, are
     as_of = indicators.as_of_for_month(month, today)
     rows = indicators.compute(db, condition=rules.code, as_of=as_of, group_by=level, area_id=area_id,
                               team_ids=scope.team_ids, today=today)
-    adults = _adults(db, rows, level=level, as_of=as_of, area_id=area_id, team_ids=scope.team_ids)
+    adults = _adults(db, rows, level=level, as_of=as_of)
     total = indicators.total(rows, adults=adults, prevalence=rules.prevalence)
     names = {c.code: c.name for c in chronic_rules.all_conditions(db)}
     return View(condition=rules.code, condition_name=names.get(rules.code, rules.code), level=level, area=area_row,
                 month=as_of.strftime("%Y-%m"), as_of=as_of, present=as_of >= today, rows=rows, total=total,
-                scope=scope, team_ids=scope.team_ids)
+                scope=scope)
 
 
-def _adults(db: Session, rows: list[indicators.IndicatorRow], *, level: str, as_of: date, area_id: int | None,
-            team_ids: set[int] | None) -> int:
+def _adults(db: Session, rows: list[indicators.IndicatorRow], *, level: str, as_of: date) -> int:
     """The total's population: the scope's villages (for teams, the villages they serve, counted once)."""
     if level != "team":
         return sum(r.adults for r in rows) if level != "county" else rows[0].adults if rows else 0
@@ -138,10 +133,6 @@ def _choices(db: Session, scope: indicators.Scope) -> list[tuple[Area, list[Area
         if allowed is None or a.id in allowed or villages:
             out.append((a, villages))
     return out
-
-
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{value * 100:.1f}%"
 
 
 def _num(value: int | float | None) -> str:
@@ -269,22 +260,6 @@ def grid_page(request: Request, db: DbSession, user: Reader, actor: CurrentActor
         "unplaced": [r for r in view.rows if r not in placed and r.key != indicators.UNKNOWN_KEY]})
     _audit(db, actor, view, "grid")
     return response
-
-
-def _local_fetcher() -> Any:
-    """WeasyPrint may read our own stylesheets and nothing else: no network from a PDF render."""
-    from weasyprint.urls import URLFetcher, URLFetcherResponse
-
-    class StaticOnly(URLFetcher):
-        def fetch(self, url: str, headers: Any = None) -> URLFetcherResponse:
-            prefix = _PDF_BASE + "static/"
-            if url.startswith(prefix) and url.endswith(".css"):
-                target = (_STATIC / url.removeprefix(prefix)).resolve()
-                if target.is_relative_to(_STATIC) and target.is_file():
-                    return URLFetcherResponse(url, target.read_bytes(), {"Content-Type": "text/css; charset=utf-8"})
-            raise ValueError(f"not fetched for a PDF: {url}")
-
-    return StaticOnly()
 
 
 # --- Excel -------------------------------------------------------------------------------------------------

@@ -16,8 +16,9 @@ day D" is a Shanghai date, and for a past month D is its last day:
   `visits_per_year` face-to-face follow-ups (clinic or home) in the 365 days ending D.
 - overdue: next visit due before D and not hidden by a call outcome on D; a present-day figure read from
   the derived columns, so only given for today (None for a day in the past).
-- lost to follow-up: enrolled more than 365 days before D and no contact (a reading or a visit) since
-  D - 365 days; for today from `last_contact_at`, for a past day from the readings and visits themselves.
+- lost to follow-up: enrolled more than `lost_after_days` (365) days before D and no contact (a reading or a
+  visit) since D - `lost_after_days`; for today from `last_contact_at`, for a past day from the readings and
+  visits themselves.
 - management rate: managed / (adult residents, aged 18 or more on D and alive on D, of the group's villages
   in the master patient index × the condition's prevalence).
 
@@ -33,8 +34,8 @@ from __future__ import annotations
 
 import calendar
 from collections import defaultdict
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from dataclasses import dataclass
+from datetime import date, timedelta
 from typing import Any
 
 from sqlalchemy import BigInteger, and_, case, cast, func, literal, null, or_, select, text
@@ -43,18 +44,23 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from healthrelay.accounts.models import Role, User
 from healthrelay.chronic import rules as chronic_rules
+from healthrelay.chronic.followups import FACE_TO_FACE
 from healthrelay.chronic.models import ChronicEnrolment, ChronicFollowUp, ChronicReading
-from healthrelay.core.db import LOCAL_TZ, local_today
+from healthrelay.core.db import local_today
 from healthrelay.core.errors import AccessDenied, InvalidInput, NotFound, field_error
 from healthrelay.directory.models import Area, AreaLevel, Organisation, Team, TeamKind, TeamMember
 from healthrelay.patients.models import Patient
+
+# The UTC instant a Shanghai day begins; for this transaction, hash aggregates in memory and no JIT.
+from healthrelay.referrals.kpi import _local_midnight_utc as _midnight_utc
+from healthrelay.referrals.kpi import _tune
 
 GROUPS = ("team", "village", "township", "county")
 READERS = frozenset({Role.ALLIANCE_ADMIN, Role.HEALTH_BUREAU, Role.ORG_ADMIN, Role.CLINICIAN})
 SEE_ALL = frozenset({Role.ALLIANCE_ADMIN, Role.HEALTH_BUREAU})
 ADULT_AGE = 18
-FACE_TO_FACE = ("clinic", "home")
 MAX_MONTHS = 36
+MIN_YEAR = 1900
 COUNTY_KEY = "county"
 UNKNOWN_KEY = "none"
 
@@ -124,16 +130,9 @@ class Scope:
     team_ids: set[int] | None = None  # the teams whose figures a clinician sees
     default_area_id: int | None = None
     levels: tuple[str, ...] = GROUPS
-    label: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # --- days ----------------------------------------------------------------------------------------------
-
-def _midnight_utc(day: date) -> datetime:
-    """The UTC instant at which a Shanghai day begins."""
-    return datetime.combine(day, time(0), tzinfo=LOCAL_TZ).astimezone(UTC)
-
 
 def _birth_cutoff(day: date, age: int) -> date:
     """The latest birth date of someone aged `age` or more on `day` (a 29 February birthday counts on the
@@ -145,13 +144,18 @@ def _birth_cutoff(day: date, age: int) -> date:
 
 
 def month_end(month: str) -> date:
-    """"2026-05" -> 2026-05-31; InvalidInput naming the field otherwise."""
+    """"2026-05" -> 2026-05-31; InvalidInput naming the field otherwise (a month before 1900 too: the windows
+    reach a year back and would leave the calendar)."""
     try:
         y, m = (int(part) for part in month.strip().split("-"))
-        return date(y, m, calendar.monthrange(y, m)[1])
+        end = date(y, m, calendar.monthrange(y, m)[1])
     except (ValueError, AttributeError):
         raise InvalidInput("月份须为年月，如 2026-05 / month must be a month such as 2026-05",
                            field_errors=[field_error("month", "YYYY-MM")]) from None
+    if y < MIN_YEAR:
+        raise InvalidInput(f"月份不能早于 {MIN_YEAR} 年 / the month must not be before {MIN_YEAR}",
+                           field_errors=[field_error("month", f"before {MIN_YEAR}")])
+    return end
 
 
 def as_of_for_month(month: str | None, today: date | None = None) -> date:
@@ -197,14 +201,6 @@ def _stamp(db: Session, column: Any, *, instant: bool) -> ColumnElement[int]:
 _UTC_OFFSET_MINUTES = 480  # Shanghai is UTC+8 all year (no daylight saving since 1991)
 
 
-def _tune(db: Session) -> None:
-    """For this transaction only: the hash aggregates fit in memory, and no JIT (compiling cost more than
-    running these one-off aggregates, as in referrals.kpi)."""
-    if _is_pg(db):
-        db.execute(text("SET LOCAL jit = off"))
-        db.execute(text("SET LOCAL work_mem = '64MB'"))
-
-
 # --- the per-enrolment facts ---------------------------------------------------------------------------
 
 # The latest value in the window is found with one MAX per patient: each reading and visit is encoded as
@@ -231,32 +227,37 @@ def _codes(db: Session, rules: chronic_rules.ConditionRules) -> tuple[ColumnElem
 
 
 def _history(db: Session, rules: chronic_rules.ConditionRules, day: date) -> tuple[Any, Any, Any]:
-    """Three aggregates over one pass each of the year's visits and readings (the lost-to-follow-up year
-    D-365 … D, which contains the control window and the standard-management year):
+    """Three aggregates over one pass each of the visits and readings of the longest window needed (the
+    control window, the standard-management year D-364 … D and the lost-to-follow-up period from
+    D - lost_after_days, each tunable, so none is assumed to contain the others):
     - visits (eid, pid, n, code, seen): per enrolment, face-to-face visits in the 365 days ending D, the
-      latest value of the control window, visits in the year (MATERIALIZED: read twice below);
+      latest value of the control window, visits in the lost-to-follow-up period (MATERIALIZED: read twice);
     - visit_values (pid, code, seen): the same per patient (a value taken at any of the patient's visits);
-    - readings (pid, code, seen): per patient, the latest reading value of the window, readings in the year.
+    - readings (pid, code, seen): per patient, the latest reading value of the window, readings in the
+      lost-to-follow-up period.
     """
     R, F = ChronicReading, ChronicFollowUp
     window_first = day - timedelta(days=rules.control_window_days - 1)
-    year_first = day - timedelta(days=rules.lost_after_days)
+    year_first = day - timedelta(days=364)
+    lost_first = day - timedelta(days=rules.lost_after_days)
+    first = min(window_first, year_first, lost_first)
     end = _midnight_utc(day + timedelta(days=1))
     reading_code, reading_has, visit_code, visit_has = _codes(db, rules)
     visits = (select(F.enrolment_id.label("eid"), F.patient_id.label("pid"),
-                     func.sum(case((and_(F.mode.in_(FACE_TO_FACE), F.visit_on > day - timedelta(days=365)), 1),
+                     func.sum(case((and_(F.mode.in_(sorted(FACE_TO_FACE)), F.visit_on >= year_first), 1),
                                    else_=0)).label("n"),
                      func.max(case((and_(F.visit_on >= window_first, visit_has), visit_code))).label("code"),
-                     func.count().label("seen"))
-              .where(F.visit_on >= year_first, F.visit_on <= day)
+                     func.sum(case((F.visit_on >= lost_first, 1), else_=0)).label("seen"))
+              .where(F.visit_on >= first, F.visit_on <= day)
               .group_by(F.enrolment_id, F.patient_id)
               .cte("visits").prefix_with("MATERIALIZED"))
     visit_values = (select(visits.c.pid, func.max(visits.c.code).label("code"), func.sum(visits.c.seen).label("seen"))
                     .group_by(visits.c.pid).subquery("visit_values"))
     readings = (select(R.patient_id.label("pid"),
                        func.max(case((and_(R.measured_at >= _midnight_utc(window_first), reading_has), reading_code)))
-                       .label("code"), func.count().label("seen"))
-                .where(R.measured_at >= _midnight_utc(year_first), R.measured_at < end)
+                       .label("code"),
+                       func.sum(case((R.measured_at >= _midnight_utc(lost_first), 1), else_=0)).label("seen"))
+                .where(R.measured_at >= _midnight_utc(first), R.measured_at < end)
                 .group_by(R.patient_id).subquery("readings_in_year"))
     return visits, visit_values, readings
 
@@ -297,7 +298,7 @@ def _facts(db: Session, rules: chronic_rules.ConditionRules, day: date, *, prese
         overdue = case((and_(E.next_visit_due < day, or_(E.hidden_until.is_(None), E.hidden_until < day)),
                         literal(1)), else_=literal(0))
     else:
-        silent = and_(readings.c.pid.is_(None), visit_values.c.pid.is_(None))
+        silent = and_(func.coalesce(readings.c.seen, 0) == 0, func.coalesce(visit_values.c.seen, 0) == 0)
         overdue = null()
     lost = case((and_(lost_eligible, silent), literal(1)), else_=literal(0))
     return [status, standard, lost, overdue], joins
@@ -388,24 +389,25 @@ def _check_group(group_by: str) -> None:
                            "county", field_errors=[field_error("level", "unknown value")])
 
 
-def compute(db: Session, *, condition: str, as_of: date, group_by: str, area_id: int | None = None,
-            team_id: int | None = None, team_ids: set[int] | None = None, today: date | None = None
-            ) -> list[IndicatorRow]:
-    """The indicators of one condition as of a Shanghai day, one row per group (see the module docstring).
+@dataclass
+class _Request:
+    """What a computation needs besides the day, read once (a 12-month series reuses it)."""
 
-    `area_id` keeps the enrolments living in that area's villages (a township, a village or the county);
-    `team_id` / `team_ids` keep those of a team or of some teams (a clinician's). Overdue counts are given
-    only when `as_of` is today (`today` defaults to the Shanghai date).
-    """
+    condition: str
+    rules: chronic_rules.ConditionRules
+    group_by: str
+    areas: _Areas
+    villages: set[int] | None  # the area's villages (None: every village)
+    teams: set[int] | None  # the teams kept (None: every team)
+    population_villages: set[int] | None  # where the adults of the management rate live
+    area_id: int | None
+
+
+def _request(db: Session, *, condition: str, group_by: str, area_id: int | None, team_id: int | None,
+             team_ids: set[int] | None) -> _Request:
     _check_group(group_by)
     rules = chronic_rules.rules_for(db, condition)
-    today = today or local_today()
-    if as_of > today:
-        raise InvalidInput("统计日期不能在未来 / the day must not be in the future",
-                           field_errors=[field_error("month", "in the future")])
-    present = as_of >= today
     areas = _areas(db)
-    E = ChronicEnrolment
     villages: set[int] | None = None
     if area_id is not None:
         if area_id not in areas.by_id:
@@ -414,7 +416,43 @@ def compute(db: Session, *, condition: str, as_of: date, group_by: str, area_id:
     teams = set(team_ids) if team_ids is not None else None
     if team_id is not None:
         teams = {team_id} if teams is None else teams & {team_id}
+    population = villages
+    if group_by == "county" and teams is not None:
+        # Some teams' figures as one row: the adults are those of the villages the teams serve (counted once),
+        # as in the total of the teams' table; not the whole county's.
+        served = {int(v) for t in db.scalars(select(Team).where(Team.id.in_(sorted(teams)))) for v in t.area_ids or []}
+        population = served if villages is None else served & villages
+    return _Request(condition=condition, rules=rules, group_by=group_by, areas=areas, villages=villages, teams=teams,
+                    population_villages=population, area_id=area_id)
 
+
+def compute(db: Session, *, condition: str, as_of: date, group_by: str, area_id: int | None = None,
+            team_id: int | None = None, team_ids: set[int] | None = None, today: date | None = None
+            ) -> list[IndicatorRow]:
+    """The indicators of one condition as of a Shanghai day, one row per group (see the module docstring).
+
+    `area_id` keeps the enrolments living in that area's villages (a township, a village or the county);
+    `team_id` / `team_ids` keep those of a team or of some teams (a clinician's; grouped by county, the
+    adults are then those of the teams' villages). Overdue counts are given only when `as_of` is today
+    (`today` defaults to the Shanghai date).
+    """
+    today = today or local_today()
+    _check_day(as_of, today)
+    req = _request(db, condition=condition, group_by=group_by, area_id=area_id, team_id=team_id, team_ids=team_ids)
+    _tune(db)
+    return _compute(db, req, as_of=as_of, today=today)
+
+
+def _check_day(as_of: date, today: date) -> None:
+    if as_of > today:
+        raise InvalidInput("统计日期不能在未来 / the day must not be in the future",
+                           field_errors=[field_error("month", "in the future")])
+
+
+def _compute(db: Session, req: _Request, *, as_of: date, today: date) -> list[IndicatorRow]:
+    present = as_of >= today
+    rules, group_by, villages, teams = req.rules, req.group_by, req.villages, req.teams
+    E = ChronicEnrolment
     if group_by == "team":
         key: ColumnElement[Any] = E.team_id
     elif group_by == "village":
@@ -429,7 +467,7 @@ def compute(db: Session, *, condition: str, as_of: date, group_by: str, area_id:
     stmt = select(key.label("k"), *columns, func.count()).select_from(E).join(Patient, Patient.id == E.patient_id)
     for sub, on in joins:
         stmt = stmt.outerjoin(sub, on)
-    stmt = stmt.where(*_managed(condition, as_of))
+    stmt = stmt.where(*_managed(req.condition, as_of))
     if group_by == "township":
         stmt = stmt.outerjoin(Area, Area.id == E.village_area_id)
     if villages is not None:
@@ -437,16 +475,15 @@ def compute(db: Session, *, condition: str, as_of: date, group_by: str, area_id:
     if teams is not None:
         stmt = stmt.where(E.team_id.in_(sorted(teams)) if teams else literal(False))
     stmt = stmt.group_by(text("1, 2, 3, 4, 5"))
-    _tune(db)
     rows: dict[str, IndicatorRow] = {}
     for k, status, standard, lost, overdue, n in db.execute(stmt):
         name_key = UNKNOWN_KEY if k is None else str(k)
         row = rows.setdefault(name_key, IndicatorRow(key=name_key, name=""))
         _fill(row, int(status), int(standard), int(lost), None if overdue is None else int(overdue), int(n))
 
-    _complete(db, rows, group_by=group_by, areas=areas, villages=villages, teams=teams, area_id=area_id)
-    population = adults_by_village(db, day=as_of, villages=villages)
-    _name_and_count(db, rows, group_by=group_by, areas=areas, population=population, villages=villages,
+    _complete(db, rows, group_by=group_by, areas=req.areas, villages=villages, teams=teams, area_id=req.area_id)
+    population = adults_by_village(db, day=as_of, villages=req.population_villages)
+    _name_and_count(db, rows, group_by=group_by, areas=req.areas, population=population, villages=villages,
                     prevalence=rules.prevalence, present=present)
     return sorted(rows.values(), key=lambda r: (r.key == UNKNOWN_KEY, r.name, r.key))
 
@@ -539,11 +576,12 @@ def monthly(db: Session, *, condition: str, months: int, area_id: int | None = N
         raise InvalidInput(f"月数须在 1 到 {MAX_MONTHS} 之间 / months must be 1 to {MAX_MONTHS}",
                            field_errors=[field_error("months", "out of range")])
     today = today or local_today()
+    req = _request(db, condition=condition, group_by="county", area_id=area_id, team_id=team_id, team_ids=team_ids)
+    _tune(db)
     out = []
     for key in last_months(months, today):
         day = min(month_end(key), today)
-        rows = compute(db, condition=condition, as_of=day, group_by="county", area_id=area_id, team_id=team_id,
-                       team_ids=team_ids, today=today)
+        rows = _compute(db, req, as_of=day, today=today)
         out.append(MonthPoint(month=key, as_of=day, row=rows[0]))
     return out
 
@@ -577,7 +615,7 @@ def scope_for(db: Session, *, user: User) -> Scope:
         level = areas.by_id[org.area_id].level if org.area_id in areas.by_id else AreaLevel.TOWNSHIP
         levels = ("team", "village") if level != AreaLevel.COUNTY else GROUPS
         return Scope(area_ids=allowed, team_ids=None if level == AreaLevel.COUNTY else teams,
-                     default_area_id=org.area_id, levels=levels, label=org.name)
+                     default_area_id=org.area_id, levels=levels)
     teams = _user_teams(db, user)
     if not teams:
         raise AccessDenied("您不在任何家庭医生团队中 / you are not on a family-doctor team")
@@ -603,9 +641,4 @@ def check_request(scope: Scope, *, level: str, area_id: int | None) -> None:
         raise AccessDenied("无权查看该层级的慢病指标 / you may not see chronic disease indicators at this level")
     if area_id is not None and scope.area_ids is not None and area_id not in scope.area_ids:
         raise AccessDenied("只能查看本辖区的慢病指标 / you see your own area's chronic disease indicators only")
-
-
-def adults_in_scope(db: Session, *, day: date, area_id: int | None) -> int:
-    villages = _areas(db).villages_under(area_id) if area_id is not None else None
-    return sum(adults_by_village(db, day=day, villages=villages).values())
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from healthrelay.access import service as access
 from healthrelay.accounts.models import User
 from healthrelay.chronic import followup_pages, indicator_pages, service
-from healthrelay.chronic.schemas import MAX_ID
+from healthrelay.chronic.schemas import IdPath
+from healthrelay.chronic.schemas import is_id as _is_id
 from healthrelay.core.db import LOCAL_TZ, local_today
 from healthrelay.core.deps import CsrfChecked, CurrentUser, DbSession, client_address
 from healthrelay.core.errors import DomainError, InvalidInput, field_error
@@ -31,13 +32,7 @@ router.include_router(indicator_pages.router)
 
 FormText = Annotated[str, Form()]
 FormList = Annotated[list[str], Form()]
-IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 MEDICINE_ROWS = 4
-
-
-def _is_id(value: str) -> bool:
-    value = (value or "").strip()
-    return value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_ID
 
 
 def _opt_id(value: str, name: str) -> int | None:
@@ -45,6 +40,16 @@ def _opt_id(value: str, name: str) -> int | None:
         return None
     if not _is_id(value):
         raise InvalidInput(f"{name} 须为编号 / {name} must be an id", field_errors=[field_error(name, "not an id")])
+    return int(value)
+
+
+def form_id(problems: FormProblems, name: str, value: str) -> int | None:
+    """An optional id typed in a form; anything but an id in range is a problem on its field."""
+    if not (value or "").strip():
+        return None
+    if not _is_id(value):
+        problems.add(name, "须为编号 / must be an id")
+        return None
     return int(value)
 
 
@@ -151,7 +156,7 @@ def reading_submit(request: Request, db: DbSession, user: CurrentUser, patient_i
         problems = FormProblems()
         values = {name: problems.opt_int(name, form[name]) for name in ("sbp", "dbp", "pulse")}
         value_glucose = _float(problems, "glucose", form["glucose"])
-        point = problems.opt_int("point_id", form["point_id"])
+        point = form_id(problems, "point_id", form["point_id"])
         when = None
         try:
             when = parse_local(form["measured_at"], "measured_at")
@@ -259,7 +264,7 @@ def patient_page(patient_id: IdPath, request: Request, db: DbSession, user: Curr
     return render(request, "chronic/registry_patient.html", {
         "s": summary, "chart": _chart(summary), "sources": service.SOURCES, "risk_factors": service.RISK_FACTORS,
         "complications": service.COMPLICATIONS, "close_statuses": service.CLOSE_STATUSES,
-        "contexts": service.GLUCOSE_CONTEXTS, "label": service.reading_label,
+        "label": service.reading_label,
         "done": request.query_params.get("done", ""), "today": local_today()})
 
 
@@ -304,7 +309,7 @@ def enrol_submit(patient_id: IdPath, request: Request, db: DbSession, user: Curr
     try:
         problems = FormProblems()
         diagnosed = _date(problems, "diagnosed_on", form["diagnosed_on"])
-        team = problems.opt_int("team_id", form["team_id"])
+        team = form_id(problems, "team_id", form["team_id"])
         problems.raise_if_any()
         row = service.enrol(db, by=user, patient_id=patient_id, condition_code=form["condition_code"],
                             diagnosed_on=diagnosed, source=form["source"], risk_factors=risk_factors,
@@ -344,8 +349,8 @@ def _contract_page(request: Request, db: DbSession, user: User, *, form: dict[st
     current = None
     search_rows: list[Any] = []
     if _is_id(form.get("patient_id", "")):
-        patient = access.resolve_patient(db, int(form["patient_id"]))
-        current = service.active_contract(db, patient.id)
+        patient, current = service.contract_candidate(db, user=user, patient_id=int(form["patient_id"]),
+                                                      client_address=address)
     elif q.strip():
         try:
             search_rows = patients.search(db, user=user, q=q, limit=20, client_address=address)
@@ -383,7 +388,7 @@ def contract_submit(request: Request, db: DbSession, user: CurrentUser, patient_
             raise InvalidInput("请先选择居民 / choose the resident first",
                                field_errors=[field_error("patient_id", "choose the resident")])
         problems = FormProblems()
-        team = problems.opt_int("team_id", form["team_id"])
+        team = form_id(problems, "team_id", form["team_id"])
         if team is None and not problems.errors:
             problems.add("team_id", "请选择家庭医生团队 / choose the family-doctor team")
         start = _date(problems, "starts_on", form["starts_on"])

@@ -9,7 +9,7 @@ visit goes through `apply_bp` / `apply_glucose` / `apply_contact`, so the derive
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from healthrelay.chronic.models import ChronicCondition, ChronicEnrolment
 from healthrelay.core.errors import NotFound, field_error
+from healthrelay.referrals.display import age_on as age_on  # age in whole years on a day (re-exported)
 
 CONTROLLED = "controlled"
 UNCONTROLLED = "uncontrolled"
@@ -97,10 +98,6 @@ def rules_for(db: Session, code: str) -> ConditionRules:
 
 def all_conditions(db: Session) -> list[ChronicCondition]:
     return list(db.scalars(select(ChronicCondition).where(ChronicCondition.active).order_by(ChronicCondition.code)))
-
-
-def age_on(birth_date: date, day: date) -> int:
-    return day.year - birth_date.year - ((day.month, day.day) < (birth_date.month, birth_date.day))
 
 
 def bp_target(rules: ConditionRules, age: int) -> tuple[int, int]:

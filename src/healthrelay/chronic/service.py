@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from healthrelay.access import service as access
 from healthrelay.accounts.models import Role, User
 from healthrelay.audit import service as audit
-from healthrelay.chronic import rules, tasks
+from healthrelay.chronic import rules, tasks, worklist
 from healthrelay.chronic.models import (
     ChronicCondition,
     ChronicEnrolment,
@@ -35,12 +35,14 @@ from healthrelay.chronic.models import (
     MonitoringPoint,
     ServicePackage,
 )
+from healthrelay.chronic.schemas import is_id
 from healthrelay.core import timers
 from healthrelay.core.db import LOCAL_TZ, local_today, take_sqlite_write_lock, utcnow
 from healthrelay.core.errors import AccessDenied, Conflict, InvalidInput, NotFound, field_error
 from healthrelay.directory.models import Organisation, Team, TeamKind, TeamMember
 from healthrelay.patients.identity import normalise as normalise_resident_id
 from healthrelay.patients.models import IdentifierType, Patient, PatientIdentifier, TeamPanelEntry
+from healthrelay.patients.service import _chunks
 
 CHECK_MESSAGE = "请检查标红的栏目 / please check the marked fields"
 # A device or phone clock may run a little ahead of ours; more than this is a wrong time.
@@ -76,7 +78,7 @@ COMPLICATIONS = {
     "retinopathy": ("视网膜病变", "retinopathy"),
     "neuropathy": ("周围神经病变", "peripheral neuropathy"),
     "diabetic_foot": ("糖尿病足", "diabetic foot"),
-    "pad": ("外周动脉疾病", "peripheral arterial disease"),
+    "pad": ("下肢动脉病变", "peripheral artery disease"),
 }
 CLOSE_STATUSES = {
     "moved": ("迁出", "moved away"),
@@ -118,10 +120,6 @@ def _require_writer(by: User) -> None:
 
 def _actor(by: User | None, client_address: str = "") -> audit.Actor:
     return access.actor_of(by, client_address)
-
-
-def _now_local_day() -> date:
-    return local_today()
 
 
 # ---------------------------------------------------------------------------- registry (enrolment)
@@ -196,7 +194,7 @@ def enrol(db: Session, *, by: User, patient_id: int, condition_code: str, diagno
     if condition is None or not condition.active:
         errors.append(field_error("condition_code", "请选择慢病类别（高血压或糖尿病） / choose the registry "
                                                     "(hypertension or diabetes)"))
-    today = _now_local_day()
+    today = local_today()
     if diagnosed_on is None:
         errors.append(field_error("diagnosed_on", "请填写确诊日期 / enter the date of diagnosis"))
     elif diagnosed_on > today:
@@ -381,7 +379,7 @@ def packages(db: Session) -> list[ServicePackage]:
 
 def active_contract(db: Session, patient_id: int) -> FamilyDoctorContract | None:
     """The contract in force today (else the next one queued), if any."""
-    today = _now_local_day()
+    today = local_today()
     rows = list(db.scalars(select(FamilyDoctorContract).where(FamilyDoctorContract.patient_id == patient_id,
                                                                FamilyDoctorContract.status == "active")
                            .order_by(FamilyDoctorContract.starts_on)))
@@ -414,6 +412,38 @@ def _require_team_staff(db: Session, user: User, team: Team, *, what: str) -> No
     raise AccessDenied(f"只有{team.name}的成员可以{what} / only members of {team.name} may do this")
 
 
+def _villages_of(teams: Iterable[Team]) -> set[int]:
+    return {int(v) for team in teams for v in team.area_ids or []}
+
+
+def _require_signing_access(db: Session, user: User, patient: Patient, *, villages: set[int], action: str,
+                            client_address: str) -> None:
+    """A team signs a resident it has a care relationship with, or one living in a village it serves (signing
+    then creates the relationship); allowed and audited, or the refusal audited and raised."""
+    if access.decide(db, user=user, patient_id=patient.id) is None and patient.area_id in villages:
+        audit.record(db, actor=_actor(user, client_address), action=action, patient_id=patient.id,
+                     purpose="team_village")
+    else:
+        access.require_patient_access(db, user=user, patient_id=patient.id, action=action,
+                                      client_address=client_address)
+
+
+def contract_candidate(db: Session, *, user: User, patient_id: int,
+                       client_address: str = "") -> tuple[Patient, FamilyDoctorContract | None]:
+    """The resident the contract form is filled for, with their current contract: shown to the staff of a
+    family-doctor team who may sign them (the rule of `sign_contract`, over all the user's teams), audited."""
+    patient = access.resolve_patient(db, patient_id)
+    teams = family_teams_for(db, user=user)
+    action = "chronic.contract.read"
+    if not teams:
+        audit.record_now(actor=_actor(user, client_address), action=action, patient_id=patient.id,
+                         outcome="denied", purpose="not_team_staff", db=db)
+        raise AccessDenied("只有家庭医生团队成员可以为居民签约 / only members of a family-doctor team sign residents")
+    _require_signing_access(db, user, patient, villages=_villages_of(teams), action=action,
+                            client_address=client_address)
+    return patient, active_contract(db, patient.id)
+
+
 def _next_contract_number(db: Session, day: date) -> str:
     prefix = f"QY{day:%Y%m%d}-"
     last = db.scalar(select(func.max(FamilyDoctorContract.number))
@@ -436,7 +466,7 @@ def sign_contract(db: Session, *, by: User, patient_id: int, team_id: int, packa
     package = db.get(ServicePackage, (package_code or "").strip())
     if package is None or not package.active:
         errors.append(field_error("package_code", "请选择服务包 / choose the service package"))
-    today = _now_local_day()
+    today = local_today()
     if starts_on is None:
         errors.append(field_error("starts_on", "请填写开始日期 / enter the start date"))
     elif starts_on > today + timedelta(days=366):
@@ -451,14 +481,8 @@ def sign_contract(db: Session, *, by: User, patient_id: int, team_id: int, packa
     _problems_or_raise(errors)
     assert team is not None and package is not None and starts_on is not None
     _require_team_staff(db, by, team, what="签约 / sign")
-    action = "chronic.contract.sign"
-    if access.decide(db, user=by, patient_id=patient.id) is None and patient.area_id in (team.area_ids or []):
-        # A resident of the team's own villages: signing creates the care relationship.
-        audit.record(db, actor=_actor(by, client_address), action=action, patient_id=patient.id,
-                     purpose="team_village")
-    else:
-        access.require_patient_access(db, user=by, patient_id=patient.id, action=action,
-                                      client_address=client_address)
+    _require_signing_access(db, by, patient, villages=_villages_of([team]), action="chronic.contract.sign",
+                            client_address=client_address)
     ends_on = _add_years(starts_on, years) - timedelta(days=1)
     overlapping = list(db.scalars(select(FamilyDoctorContract).where(
         FamilyDoctorContract.patient_id == patient.id, FamilyDoctorContract.status == "active",
@@ -526,7 +550,7 @@ def end_contract(db: Session, *, by: User, contract_id: int, reason: str,
 
 def expire_contracts(db: Session, today: date | None = None) -> int:
     """Mark ended the contracts whose period is over (a daily job); returns how many."""
-    today = today or _now_local_day()
+    today = today or local_today()
     rows = list(db.scalars(select(FamilyDoctorContract).where(FamilyDoctorContract.status == "active",
                                                                FamilyDoctorContract.ends_on < today)))
     now = utcnow()
@@ -637,39 +661,35 @@ class TeamCard:
 
 def my_teams(db: Session, *, user: User) -> list[TeamCard]:
     """The family-doctor teams a clinician belongs to (an org admin: their centre's), with counts for the
-    landing page."""
-    if user.role == Role.CLINICIAN and user.practitioner_id is not None:
-        teams = list(db.scalars(select(Team).join(TeamMember, TeamMember.team_id == Team.id)
-                                .where(TeamMember.practitioner_id == user.practitioner_id,
-                                       Team.kind == TeamKind.FAMILY_DOCTOR).order_by(Team.name)))
-    elif user.role == Role.ORG_ADMIN and user.organisation_id is not None:
-        teams = list(db.scalars(select(Team).where(Team.organisation_id == user.organisation_id,
-                                                   Team.kind == TeamKind.FAMILY_DOCTOR).order_by(Team.name)))
-    else:
+    landing page: a few grouped queries whatever the number of teams."""
+    teams = worklist.teams_of_user(db, user)
+    if not teams:
         return []
-    today = _now_local_day()
-    cards = []
-    for team in teams:
-        signed = db.scalar(select(func.count()).select_from(FamilyDoctorContract).where(
-            FamilyDoctorContract.team_id == team.id, FamilyDoctorContract.status == "active")) or 0
-        enrolled = dict(db.execute(select(ChronicEnrolment.condition_code, func.count()).where(
-            ChronicEnrolment.team_id == team.id, ChronicEnrolment.status == "active")
-            .group_by(ChronicEnrolment.condition_code)).all())
-        overdue = db.scalar(select(func.count()).select_from(ChronicEnrolment).where(
-            ChronicEnrolment.team_id == team.id, ChronicEnrolment.status == "active",
-            ChronicEnrolment.next_visit_due < today,
-            or_(ChronicEnrolment.hidden_until.is_(None), ChronicEnrolment.hidden_until < today))) or 0
-        org = db.get(Organisation, team.organisation_id)
-        cards.append(TeamCard(team=team, organisation_name=org.name if org else "", signed=signed,
-                              enrolled=enrolled, overdue=overdue))
-    return cards
+    ids = [t.id for t in teams]
+    today = local_today()
+    E, C = ChronicEnrolment, FamilyDoctorContract
+    signed = {team_id: n for team_id, n in db.execute(
+        select(C.team_id, func.count()).where(C.team_id.in_(ids), C.status == "active").group_by(C.team_id))}
+    enrolled: dict[int, dict[str, int]] = {}
+    for team_id, code, n in db.execute(select(E.team_id, E.condition_code, func.count())
+                                       .where(E.team_id.in_(ids), E.status == "active")
+                                       .group_by(E.team_id, E.condition_code)):
+        enrolled.setdefault(team_id, {})[code] = n
+    overdue = {team_id: n for team_id, n in db.execute(
+        select(E.team_id, func.count()).where(
+            E.team_id.in_(ids), E.status == "active", E.next_visit_due < today,
+            or_(E.hidden_until.is_(None), E.hidden_until < today)).group_by(E.team_id))}
+    org_ids = sorted({t.organisation_id for t in teams})
+    orgs = dict(db.execute(select(Organisation.id, Organisation.name).where(Organisation.id.in_(org_ids))).all())
+    return [TeamCard(team=team, organisation_name=orgs.get(team.organisation_id, ""), signed=signed.get(team.id, 0),
+                     enrolled=enrolled.get(team.id, {}), overdue=overdue.get(team.id, 0)) for team in teams]
 
 
 def family_teams_for(db: Session, *, user: User) -> list[Team]:
     """Teams the user may sign residents to (the contract form's choices)."""
     if user.role == Role.ALLIANCE_ADMIN:
         return list(db.scalars(select(Team).where(Team.kind == TeamKind.FAMILY_DOCTOR).order_by(Team.name)))
-    return [card.team for card in my_teams(db, user=user)]
+    return worklist.teams_of_user(db, user)
 
 
 # ---------------------------------------------------------------------------- monitoring points
@@ -807,8 +827,8 @@ def _apply_to_enrolments(db: Session, reading: ChronicReading, by_code: dict[str
 
 def _apply_reading(reading: ChronicReading, enrolments: list[ChronicEnrolment],
                    by_code: dict[str, rules.ConditionRules]) -> bool:
-    """Apply one reading to the given enrolments through `chronic.rules`; True when it is a danger value."""
-    danger_any = False
+    """Apply one reading to the given enrolments through `chronic.rules`; True when it is a danger value (by
+    the thresholds of the condition that uses that measurement, whatever the enrolments)."""
     for enrolment in enrolments:
         condition_rules = by_code.get(enrolment.condition_code) or rules.ConditionRules.from_row(
             enrolment.condition_code, {})
@@ -824,13 +844,12 @@ def _apply_reading(reading: ChronicReading, enrolments: list[ChronicEnrolment],
                 rules.apply_contact(enrolment, at=reading.measured_at)
             danger = rules.glucose_danger(condition_rules, value=reading.glucose_mmol)
         enrolment.risk_level = rules.risk_after_reading(enrolment.risk_level or rules.RISK_USUAL, danger=danger)
-        danger_any = danger_any or danger
     by_kind = _rules_for_kind(by_code, reading.kind)
     if reading.kind == "bp" and reading.sbp is not None and reading.dbp is not None:
         return rules.bp_danger(by_kind, sbp=reading.sbp, dbp=reading.dbp)
     if reading.kind == "glucose" and reading.glucose_mmol is not None:
         return rules.glucose_danger(by_kind, value=reading.glucose_mmol)
-    return danger_any
+    return False
 
 
 def _point(db: Session, point_id: int | None, errors: list[dict[str, Any]]) -> MonitoringPoint | None:
@@ -999,11 +1018,6 @@ class _ImportBatch:
     dangers: dict[int, int] = field(default_factory=dict)
 
 
-def _chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
 def _prepare_batch(db: Session, rows: list[dict[str, str]]) -> _ImportBatch:
     serials = sorted({r.get("device_serial", "") for r in rows} - {""})
     record_ids = sorted({r.get("record_id", "") for r in rows} - {""})
@@ -1029,7 +1043,7 @@ def _patient_for_row(db: Session, batch: _ImportBatch, resident_id: str, patient
             errors.append(field_error("resident_id", "没有此身份证号的居民 / no resident with this ID number"))
             return None
     elif patient_id:
-        if not (patient_id.isascii() and patient_id.isdigit() and 1 <= int(patient_id) <= 2_147_483_647):
+        if not is_id(patient_id):
             errors.append(field_error("patient_id", "居民编号须为数字 / the patient id must be a number"))
             return None
         pid = int(patient_id)

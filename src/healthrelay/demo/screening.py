@@ -55,10 +55,6 @@ def _hosts(db: Session) -> list[tuple[Organisation, Team, User | None]]:
     return out
 
 
-def _number(db: Session, day: Any) -> str:
-    return service._next_number(db, day)
-
-
 def build_demo_screening(db: Session, *, seed: int, now: datetime, patient_ids: list[int]) -> dict[str, int]:
     """Write the demo events; returns counts for the build summary."""
     rng = random.Random(seed * 7 + 19)
@@ -75,13 +71,15 @@ def build_demo_screening(db: Session, *, seed: int, now: datetime, patient_ids: 
     day = today - timedelta(days=21)
     clinic_services = ["bp", "glucose", "tcm_pulse", "consultation"]
     clinic_id = db.scalar(insert(ScreeningEvent).returning(ScreeningEvent.id), {
-        "number": _number(db, day), "kind": "free_clinic", "title": "家庭医生签约服务暨高血压糖尿病义诊",
+        "number": service.temporary_number(), "kind": "free_clinic", "title": "家庭医生签约服务暨高血压糖尿病义诊",
         "host_organisation_id": org.id, "team_id": team.id, "place": "镇文化广场", "area_id": org.area_id,
         "starts_at": _at(day, 8), "ends_at": _at(day, 16), "departments": ["全科", "心内科", "内分泌科", "中医科"],
         "services": clinic_services, "status": "closed", "leaflets_given": CLINIC_LEAFLETS,
         "medicines_given": 85, "medicines_value_fen": 212_500, "notes": "县医院专家下沉参加",
         "created_by_user_id": organiser.id if organiser else None, "created_at": _at(day - timedelta(days=14), 10),
         "opened_at": _at(day, 7, 50), "closed_at": _at(day, 16, 20)})
+    db.execute(update(ScreeningEvent).where(ScreeningEvent.id == clinic_id)
+               .values(number=service.event_number(day, clinic_id)))
     adults = db.execute(select(Patient.id, Patient.birth_date).where(Patient.id.in_(patient_ids))).all()
     adults = sorted((pid, born) for pid, born in adults if (today - born).days >= 35 * 365)
     people = rng.sample(adults, min(CLINIC_PEOPLE, len(adults)))
@@ -144,7 +142,8 @@ def build_demo_screening(db: Session, *, seed: int, now: datetime, patient_ids: 
     org2, team2, teacher_doc = hosts[1 % len(hosts)]
     if teacher_doc is not None:
         day2 = today - timedelta(days=40)
-        school = ScreeningEvent(number=_number(db, day2), kind="school_checkup", title="城关镇中心小学秋季学生体检",
+        school = ScreeningEvent(number=service.temporary_number(), kind="school_checkup",
+                                title="城关镇中心小学秋季学生体检",
                                 host_organisation_id=org2.id, team_id=team2.id, place="城关镇中心小学",
                                 area_id=org2.area_id, starts_at=_at(day2, 8), ends_at=_at(day2, 17),
                                 departments=["儿科", "眼科", "口腔科"],
@@ -153,6 +152,7 @@ def build_demo_screening(db: Session, *, seed: int, now: datetime, patient_ids: 
                                 opened_at=_at(day2, 7, 45))
         db.add(school)
         db.flush()
+        school.number = service.event_number(day2, school.id)
         sheet = make_school_sheet(SCHOOL_STUDENTS, seed=seed, bad_rows=SCHOOL_BAD_ROWS)
         record = service.import_school_sheet(db, by=teacher_doc, event_id=school.id,
                                              filename="城关镇中心小学体检表.xlsx", content=sheet)
@@ -176,11 +176,15 @@ def build_demo_screening(db: Session, *, seed: int, now: datetime, patient_ids: 
     # --- a mobile check-up planned for next week
     org3, team3, doc3 = hosts[2 % len(hosts)]
     day3 = today + timedelta(days=7)
-    db.add(ScreeningEvent(number=_number(db, day3), kind="mobile_checkup", title="巡回体检车进村（65岁以上老人体检）",
-                          host_organisation_id=org3.id, team_id=team3.id, place="村卫生室门前", area_id=org3.area_id,
-                          starts_at=_at(day3, 8), ends_at=_at(day3, 15), departments=["体检科", "放射科", "心电图室"],
-                          services=["bp", "glucose", "ecg", "dr", "bone_density", "height_weight"], status="planned",
-                          created_by_user_id=doc3.id if doc3 else None, created_at=now))
+    planned = ScreeningEvent(
+        number=service.temporary_number(), kind="mobile_checkup", title="巡回体检车进村（65岁以上老人体检）",
+        host_organisation_id=org3.id, team_id=team3.id, place="村卫生室门前", area_id=org3.area_id,
+        starts_at=_at(day3, 8), ends_at=_at(day3, 15), departments=["体检科", "放射科", "心电图室"],
+        services=["bp", "glucose", "ecg", "dr", "bone_density", "height_weight"], status="planned",
+        created_by_user_id=doc3.id if doc3 else None, created_at=now)
+    db.add(planned)
+    db.flush()
+    planned.number = service.event_number(day3, planned.id)
     db.flush()
     made["screening_events"] += 1
     made["screening_tasks_open"] = open_tasks

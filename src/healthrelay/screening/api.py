@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
 from healthrelay.core.deps import CurrentUser, DbSession
-from healthrelay.core.errors import AccessDenied, InvalidInput, field_error
+from healthrelay.core.errors import InvalidInput, field_error
 from healthrelay.screening import service
 from healthrelay.screening.schemas import (
     AttendanceOut,
@@ -51,9 +51,7 @@ def plan(body: EventIn, db: DbSession, user: CurrentUser) -> EventOut:
 
 @router.get("/events/{event_id}", response_model=EventDetailOut)
 def event(event_id: int, db: DbSession, user: CurrentUser) -> EventDetailOut:
-    found = service.get_event(db, event_id)
-    if not service.may_see_figures(db, user, found):
-        raise AccessDenied("您无权查看本次活动 / you may not see this event")
+    found = service.event_for_figures(db, user=user, event_id=event_id)
     counts = CountsOut(**asdict(service.event_counts(db, event_id=event_id)))
     return EventDetailOut.model_validate(found).model_copy(update={"counts": counts})
 

@@ -16,7 +16,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 from healthrelay.core.db import Base, UTCDateTime, utcnow
 
 EVENT_KINDS = ("free_clinic", "mobile_checkup", "school_checkup")
-EVENT_STATUSES = ("planned", "open", "closed")
 
 
 class ScreeningService(Base):
@@ -110,6 +109,9 @@ class ScreeningResult(Base):
     danger: Mapped[bool] = mapped_column(Boolean, default=False)
     finding: Mapped[str] = mapped_column(String(300), default="")
     task_id: Mapped[int | None] = mapped_column(ForeignKey("chronic_tasks.id"))
+    # The chronic reading this result made (a known hypertensive's BP, a diabetic's glucose): entered again, that
+    # reading is corrected rather than a second one added.
+    reading_id: Mapped[int | None] = mapped_column(ForeignKey("chronic_readings.id"))
     recorded_by_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

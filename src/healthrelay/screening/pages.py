@@ -16,16 +16,16 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from healthrelay.access import service as access
-from healthrelay.accounts.models import Role, User
+from healthrelay.accounts.models import User
 from healthrelay.core.db import LOCAL_TZ, utcnow
 from healthrelay.core.deps import CsrfChecked, CurrentUser, DbSession
-from healthrelay.core.errors import AccessDenied, DomainError, InvalidInput, NotFound, field_error
+from healthrelay.core.errors import DomainError, InvalidInput, NotFound, field_error
 from healthrelay.directory.models import Area, AreaLevel, Organisation, Team, TeamKind
 from healthrelay.patients import service as patients
 from healthrelay.patients.service import LikelyDuplicates
 from healthrelay.screening import service
-from healthrelay.screening.models import EVENT_KINDS, ScreeningEvent, ScreeningImport
-from healthrelay.web.forms import FormProblems, messages_by_field, parse_local, reraise_if_access
+from healthrelay.screening.models import EVENT_KINDS, ScreeningAttendance, ScreeningEvent, ScreeningImport
+from healthrelay.web.forms import LOCAL_INPUT, FormProblems, messages_by_field, parse_local, reraise_if_access
 from healthrelay.web.templating import render
 
 router = APIRouter(include_in_schema=False)
@@ -35,41 +35,32 @@ FormList = Annotated[list[str], Form()]
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
-def _event_for(db: Session, user: User, event_id: int) -> ScreeningEvent:
-    event = service.get_event(db, event_id)
-    if not service.may_see_figures(db, user, event):
-        raise AccessDenied("您无权查看本次活动 / you may not see this event")
-    return event
-
-
 def _local_input(value: datetime) -> str:
-    return value.astimezone(LOCAL_TZ).strftime("%Y-%m-%dT%H:%M")
+    return value.astimezone(LOCAL_TZ).strftime(LOCAL_INPUT)
 
 
 # ---------------------------------------------------------------------------- events list and plan form
 
 def _plan_choices(db: Session, user: User) -> dict[str, Any]:
-    org_id = user.organisation_id
-    teams = db.query(Team).filter(Team.kind == TeamKind.FAMILY_DOCTOR)
-    if user.role != Role.ALLIANCE_ADMIN:
-        teams = teams.filter(Team.organisation_id == org_id)
+    """The plan form's choices: the host organisation's family-doctor teams (an event's team is one of them)."""
+    teams = db.query(Team).filter(Team.kind == TeamKind.FAMILY_DOCTOR, Team.organisation_id == user.organisation_id)
     villages = db.query(Area).filter(Area.level.in_((AreaLevel.VILLAGE, AreaLevel.TOWNSHIP))).order_by(Area.code)
-    orgs = [db.get(Organisation, org_id)] if org_id else []
     return {"teams": teams.order_by(Team.name).limit(200).all(), "areas": villages.limit(1000).all(),
-            "organisations": [o for o in orgs if o is not None], "services": service.services_of(db),
-            "kinds": EVENT_KINDS}
+            "services": service.services_of(db), "kinds": EVENT_KINDS}
 
 
 def _list_page(request: Request, db: Session, user: User, *, form: dict[str, Any],
                invalid: dict[str, str] | None = None, error: str = "", status_code: int = 200) -> Response:
     may_plan = user.role in service.STAFF_ROLES and user.organisation_id is not None
     invalid = invalid or {}
-    order = ["kind", "title", "starts_at", "ends_at", "place", "services"]
+    order = ["kind", "title", "starts_at", "ends_at", "place", "area_id", "team_id", "services"]
+    events = service.visible_events(db, user=user)
+    hosts = {e.host_organisation_id for e in events}
+    names = dict(db.query(Organisation.id, Organisation.name).filter(Organisation.id.in_(hosts)).all()) if hosts else {}
     return render(request, "screening/screening_events.html", {
-        "events": service.visible_events(db, user=user), "may_plan": may_plan, "form": form, "invalid": invalid,
-        "error": error, "focus": next((f for f in order if f in invalid), "kind"),
-        "names": {o.id: o.name for o in db.query(Organisation).all()}, **_plan_choices(db, user)},
-        status_code=status_code)
+        "events": events, "may_plan": may_plan, "form": form, "invalid": invalid,
+        "error": error, "focus": next((f for f in order if f in invalid), "kind"), "names": names,
+        **(_plan_choices(db, user) if may_plan else {})}, status_code=status_code)
 
 
 @router.get("/screening")
@@ -135,7 +126,7 @@ def _event_page(request: Request, db: Session, user: User, event: ScreeningEvent
 
 @router.get("/screening/events/{event_id:int}")
 def event_page(request: Request, db: DbSession, user: CurrentUser, event_id: int) -> Response:
-    return _event_page(request, db, user, _event_for(db, user, event_id))
+    return _event_page(request, db, user, service.event_for_figures(db, user=user, event_id=event_id))
 
 
 @router.post("/screening/events/{event_id:int}/status", dependencies=[CsrfChecked])
@@ -147,7 +138,7 @@ def status_submit(db: DbSession, user: CurrentUser, event_id: int, status: FormT
 @router.post("/screening/events/{event_id:int}/counts", dependencies=[CsrfChecked])
 def counts_submit(request: Request, db: DbSession, user: CurrentUser, event_id: int, leaflets_given: FormText = "",
                   medicines_given: FormText = "", medicines_value: FormText = "") -> Response:
-    event = _event_for(db, user, event_id)
+    event = service.event_for_figures(db, user=user, event_id=event_id)
     try:
         problems = FormProblems()
         leaflets = problems.opt_int("leaflets_given", leaflets_given) or 0
@@ -156,7 +147,7 @@ def counts_submit(request: Request, db: DbSession, user: CurrentUser, event_id: 
         if medicines_value.strip():
             try:
                 value_fen = round(float(medicines_value) * 100)
-            except ValueError:
+            except (ValueError, OverflowError):  # "abc", "nan", "inf"
                 problems.add("medicines_value", "须为金额（元）/ must be an amount in yuan")
         problems.raise_if_any()
         service.set_counts(db, by=user, event_id=event_id, leaflets_given=leaflets, medicines_given=medicines,
@@ -171,14 +162,14 @@ def counts_submit(request: Request, db: DbSession, user: CurrentUser, event_id: 
 
 @router.get("/screening/events/{event_id:int}/report.xlsx")
 def report_xlsx(db: DbSession, user: CurrentUser, event_id: int) -> Response:
-    event = _event_for(db, user, event_id)
+    event = service.event_for_figures(db, user=user, event_id=event_id)
     return Response(service.report_sheet(db, event_id=event_id), media_type=XLSX,
                     headers={"Content-Disposition": f'attachment; filename="screening-{event.number}.xlsx"'})
 
 
 # ---------------------------------------------------------------------------- quick registration
 
-def _register_page(request: Request, db: Session, user: User, event: ScreeningEvent, *, form: dict[str, Any],
+def _register_page(request: Request, db: Session, event: ScreeningEvent, *, form: dict[str, Any],
                    invalid: dict[str, str] | None = None, error: str = "", candidates: list[Any] | None = None,
                    status_code: int = 200) -> Response:
     invalid = invalid or {}
@@ -193,7 +184,7 @@ def _register_page(request: Request, db: Session, user: User, event: ScreeningEv
 def register_page(request: Request, db: DbSession, user: CurrentUser, event_id: int) -> Response:
     event = service.get_event(db, event_id)
     service.require_runner(db, user, event)
-    return _register_page(request, db, user, event, form={
+    return _register_page(request, db, event, form={
         "client_token": service.new_client_token(), "resident_id": "", "name": "", "sex": "", "birth_date": "",
         "phone": "", "village": str(event.area_id or "")})
 
@@ -224,13 +215,13 @@ def register_submit(request: Request, db: DbSession, user: CurrentUser, event_id
                                             confirm_new=confirm_new == "1")
     except LikelyDuplicates as exc:
         db.rollback()
-        return _register_page(request, db, user, event, form=form, error=exc.message, candidates=exc.candidates,
+        return _register_page(request, db, event, form=form, error=exc.message, candidates=exc.candidates,
                               status_code=409)
     except DomainError as exc:
         reraise_if_access(exc)
         db.rollback()
         fields = {"area_id": "village", "client_token": "name"}
-        return _register_page(request, db, user, event, form=form, error=exc.message,
+        return _register_page(request, db, event, form=form, error=exc.message,
                               invalid=messages_by_field(exc.field_errors, fields), status_code=exc.status_code)
     return RedirectResponse(f"/screening/events/{event_id}/attendances/{attendance.id}?done=registered",
                             status_code=303)
@@ -273,10 +264,11 @@ async def result_submit(request: Request, db: DbSession, user: CurrentUser, even
 def _result_submit(request: Request, db: Session, user: User, event_id: int, attendance_id: int, code: str,
                    values: dict[str, str]) -> Response:
     event = service.get_event(db, event_id)
-    attendance = service.get_attendance(db, user=user, event_id=event_id, attendance_id=attendance_id)
+    attendance = db.get(ScreeningAttendance, attendance_id)
+    if attendance is None or attendance.event_id != event.id:  # record_result checks the runner and the access
+        raise NotFound(f"本次活动没有编号为 {attendance_id} 的登记 / no attendance {attendance_id} at this event")
     try:
-        service.record_result(db, by=user, attendance_id=attendance.id, service_code=code,
-                              values={k: v for k, v in values.items()})
+        service.record_result(db, by=user, attendance_id=attendance.id, service_code=code, values=values)
     except DomainError as exc:
         reraise_if_access(exc)
         db.rollback()
@@ -289,7 +281,7 @@ def _result_submit(request: Request, db: Session, user: User, event_id: int, att
 
 # ---------------------------------------------------------------------------- school sheet import
 
-def _import_page(request: Request, db: Session, user: User, event: ScreeningEvent, *,
+def _import_page(request: Request, event: ScreeningEvent, *,
                  record: ScreeningImport | None = None, invalid: dict[str, str] | None = None, error: str = "",
                  status_code: int = 200) -> Response:
     return render(request, "screening/screening_import.html", {
@@ -301,7 +293,7 @@ def _import_page(request: Request, db: Session, user: User, event: ScreeningEven
 def import_page(request: Request, db: DbSession, user: CurrentUser, event_id: int) -> Response:
     event = service.get_event(db, event_id)
     service.require_runner(db, user, event)
-    return _import_page(request, db, user, event)
+    return _import_page(request, event)
 
 
 @router.get("/screening/events/{event_id:int}/import/example.xlsx")
@@ -335,9 +327,9 @@ def _import_submit(request: Request, db: Session, user: User, event_id: int, fil
     except DomainError as exc:
         reraise_if_access(exc)
         db.rollback()
-        return _import_page(request, db, user, event, invalid=messages_by_field(exc.field_errors), error=exc.message,
+        return _import_page(request, event, invalid=messages_by_field(exc.field_errors), error=exc.message,
                             status_code=exc.status_code)
-    return _import_page(request, db, user, event, record=record)
+    return _import_page(request, event, record=record)
 
 
 @router.get("/screening/events/{event_id:int}/imports/{import_id:int}/errors.xlsx")

@@ -96,7 +96,9 @@ class RegisterIn(BaseModel):
     birth_date: date | None = None
     phone: str = Field(default="", max_length=30)
     village: int | None = None
-    patient_id: int | None = None  # picked from the likely duplicates shown
+    # Picked from the likely duplicates shown, sent with the same details as before: the pick must be one of the
+    # candidates for them (or hold the resident ID given), else 422 naming patient_id.
+    patient_id: int | None = None
     confirm_new: bool = False  # looked at them: a different person
 
 

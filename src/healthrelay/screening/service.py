@@ -12,14 +12,16 @@ from __future__ import annotations
 import csv
 import enum
 import io
+import math
 import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from itertools import islice
 from typing import Any
 
-from sqlalchemy import JSON, String, any_, bindparam, case, exists, func, insert, select, text, update
+from sqlalchemy import JSON, String, any_, bindparam, case, exists, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -27,15 +29,17 @@ from sqlalchemy.orm import Session
 from healthrelay.access import service as access
 from healthrelay.accounts.models import Role, User
 from healthrelay.audit import service as audit
+from healthrelay.audit.export import _cell as safe_cell  # typed text that Excel would take for a formula
 from healthrelay.chronic import rules as chronic_rules
+from healthrelay.chronic import service as chronic_service
 from healthrelay.chronic import tasks as chronic_tasks
 from healthrelay.chronic.models import ChronicEnrolment, ChronicReading, ChronicTask
-from healthrelay.core.db import LOCAL_TZ, local_today, utcnow
+from healthrelay.core.db import LOCAL_TZ, local_today, take_sqlite_write_lock, utcnow
 from healthrelay.core.errors import AccessDenied, Conflict, InvalidInput, NotFound, field_error
 from healthrelay.directory.models import Area, Organisation, Team, TeamMember
 from healthrelay.patients import matching
 from healthrelay.patients import service as patients
-from healthrelay.patients.identity import parse_resident_id
+from healthrelay.patients.identity import check_agrees, parse_resident_id
 from healthrelay.patients.models import IdentifierType, Patient, PatientIdentifier, PatientRegistration, Sex
 from healthrelay.patients.schemas import PatientCreate
 from healthrelay.screening.models import (
@@ -55,6 +59,9 @@ TASK_DAYS_DANGER = 7
 MAX_EVENT_DAYS = 31
 IMPORT_CHUNK = 500
 MAX_IMPORT_ROWS = 20000
+# Rows read past MAX_IMPORT_ROWS before a sheet is refused unread (a header and blank rows are not students).
+IMPORT_ROWS_MARGIN = 1000
+MAX_INT4 = 2**31 - 1  # the largest PostgreSQL integer
 MAX_IMPORT_BYTES = 10 * 1024 * 1024
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-]{8,64}$")
 
@@ -77,16 +84,30 @@ def get_event(db: Session, event_id: int) -> ScreeningEvent:
     return event
 
 
+def _runs_event(user: User) -> Any:
+    """The events a staff member runs, as a condition on ScreeningEvent: their organisation hosts it, or they are on
+    its team. One rule for running an event (`may_run`), listing it and the care relationship an attendance gives
+    (`_attended_our_event`). None when it matches no event."""
+    ways = []
+    if user.organisation_id is not None:
+        ways.append(ScreeningEvent.host_organisation_id == user.organisation_id)
+    if user.practitioner_id is not None:
+        ways.append(ScreeningEvent.team_id.in_(select(TeamMember.team_id)
+                                               .where(TeamMember.practitioner_id == user.practitioner_id)))
+    return or_(*ways) if ways else None
+
+
 def may_run(db: Session, user: User, event: ScreeningEvent) -> bool:
     """Staff of the host organisation, members of the event's team, and alliance admins run an event."""
     if user.role == Role.ALLIANCE_ADMIN:
         return True
     if user.role not in STAFF_ROLES:
         return False
-    if user.organisation_id == event.host_organisation_id:
+    if user.organisation_id is not None and user.organisation_id == event.host_organisation_id:
         return True
-    return bool(event.team_id and user.practitioner_id and db.scalar(select(exists().where(
-        TeamMember.team_id == event.team_id, TeamMember.practitioner_id == user.practitioner_id))))
+    condition = _runs_event(user)
+    return condition is not None and bool(db.scalar(select(exists().where(ScreeningEvent.id == event.id,
+                                                                          condition))))
 
 
 def require_runner(db: Session, user: User, event: ScreeningEvent) -> None:
@@ -100,9 +121,10 @@ def visible_events(db: Session, *, user: User, limit: int = 100) -> list[Screeni
     teams' events."""
     query = select(ScreeningEvent).order_by(ScreeningEvent.starts_at.desc()).limit(limit)
     if user.role not in (Role.ALLIANCE_ADMIN, Role.HEALTH_BUREAU):
-        teams = select(TeamMember.team_id).where(TeamMember.practitioner_id == user.practitioner_id)
-        query = query.where((ScreeningEvent.host_organisation_id == user.organisation_id)
-                            | ScreeningEvent.team_id.in_(teams))
+        condition = _runs_event(user)
+        if condition is None:
+            return []
+        query = query.where(condition)
     return list(db.scalars(query))
 
 
@@ -111,14 +133,24 @@ def may_see_figures(db: Session, user: User, event: ScreeningEvent) -> bool:
     return user.role in (Role.HEALTH_BUREAU, Role.ALLIANCE_ADMIN) or may_run(db, user, event)
 
 
+def event_for_figures(db: Session, *, user: User, event_id: int) -> ScreeningEvent:
+    """The event, for someone who may see its counts (404, else 403)."""
+    event = get_event(db, event_id)
+    if not may_see_figures(db, user, event):
+        raise AccessDenied("您无权查看本次活动 / you may not see this event")
+    return event
+
+
 @access.care_relationship_check
 def _attended_our_event(db: Session, user: User, patient_id: int) -> str | None:
-    """A resident seen at a free clinic or check-up is in the care of the host organisation's staff."""
-    if user.organisation_id is None:
+    """A resident seen at a free clinic or check-up is in the care of those who run the event (`may_run`)."""
+    if user.role not in STAFF_ROLES:
+        return None
+    condition = _runs_event(user)
+    if condition is None:
         return None
     found = db.scalar(select(exists().where(
-        ScreeningAttendance.patient_id == patient_id, ScreeningAttendance.event_id == ScreeningEvent.id,
-        ScreeningEvent.host_organisation_id == user.organisation_id)))
+        ScreeningAttendance.patient_id == patient_id, ScreeningAttendance.event_id == ScreeningEvent.id, condition)))
     return "screening_attendance" if found else None
 
 
@@ -139,10 +171,14 @@ class EventPlan:
     notes: str = ""
 
 
-def _next_number(db: Session, day: date) -> str:
-    prefix = f"SC{day:%Y%m%d}-"
-    count = db.scalar(select(func.count()).select_from(ScreeningEvent).where(ScreeningEvent.number.like(prefix + "%")))
-    return f"{prefix}{(count or 0) + 1:04d}"
+def temporary_number() -> str:
+    """A unique placeholder until the row has its id (two plans at once must not share a number)."""
+    return f"tmp-{uuid.uuid4().hex[:24]}"
+
+
+def event_number(day: date, event_id: int) -> str:
+    """SC20261205-0042: the day it was planned and the event's id, like the referrals' numbers."""
+    return f"SC{day:%Y%m%d}-{event_id:04d}"
 
 
 def plan_event(db: Session, *, by: User, plan: EventPlan) -> ScreeningEvent:
@@ -161,8 +197,11 @@ def plan_event(db: Session, *, by: User, plan: EventPlan) -> ScreeningEvent:
         errors.append(_err("host_organisation_id", "没有这个机构", "unknown organisation"))
     elif by.role != Role.ALLIANCE_ADMIN and (by.role not in STAFF_ROLES or by.organisation_id != host.id):
         raise AccessDenied("只能为本机构策划活动 / you plan events for your own organisation only")
-    if plan.team_id is not None and db.get(Team, plan.team_id) is None:
+    team = db.get(Team, plan.team_id) if plan.team_id is not None else None
+    if plan.team_id is not None and team is None:
         errors.append(_err("team_id", "没有这个团队", "unknown team"))
+    elif team is not None and team.organisation_id != plan.host_organisation_id:
+        errors.append(_err("team_id", "只能选择主办机构的团队", "the team must belong to the host organisation"))
     if plan.area_id is not None and db.get(Area, plan.area_id) is None:
         errors.append(_err("area_id", "没有这个地区", "unknown area"))
     if plan.starts_at.tzinfo is None or plan.ends_at.tzinfo is None:
@@ -184,12 +223,14 @@ def plan_event(db: Session, *, by: User, plan: EventPlan) -> ScreeningEvent:
         errors.append(_err("place", "地点最多 200 字", "the place is at most 200 characters"))
     if errors:
         raise InvalidInput("活动信息有误 / the event has errors", field_errors=errors)
-    event = ScreeningEvent(number=_next_number(db, local_today()), kind=plan.kind, title=title,
+    event = ScreeningEvent(number=temporary_number(), kind=plan.kind, title=title,
                            host_organisation_id=plan.host_organisation_id, team_id=plan.team_id,
                            place=(plan.place or "").strip(), area_id=plan.area_id, starts_at=plan.starts_at,
                            ends_at=plan.ends_at, departments=departments, services=wanted, status="planned",
                            notes=(plan.notes or "").strip()[:4000], created_by_user_id=by.id, created_at=utcnow())
     db.add(event)
+    db.flush()
+    event.number = event_number(local_today(), event.id)
     db.flush()
     audit.record(db, actor=access.actor_of(by), action="screening.event.plan", resource=f"screening_event:{event.id}",
                  detail={"kind": event.kind, "services": wanted})
@@ -225,7 +266,7 @@ def set_counts(db: Session, *, by: User, event_id: int, leaflets_given: int, med
     errors = [_err(name, "须为 0 到 1000000 之间的整数", "must be a whole number from 0 to 1,000,000")
               for name, value in (("leaflets_given", leaflets_given), ("medicines_given", medicines_given))
               if not 0 <= value <= 1_000_000]
-    if not 0 <= medicines_value_fen <= 10**10:
+    if not 0 <= medicines_value_fen <= MAX_INT4:
         errors.append(_err("medicines_value", "药品金额不合理", "the medicines' value is implausible"))
     if errors:
         raise InvalidInput("数量有误 / the counts have errors", field_errors=errors)
@@ -254,6 +295,7 @@ def _by_token(db: Session, token: str) -> ScreeningAttendance | None:
 def _attend(db: Session, *, by: User, event: ScreeningEvent, patient_id: int, token: str, how: str,
             school: str = "", grade: str = "", class_name: str = "") -> ScreeningAttendance:
     """The resident's attendance: a second registration of the same person at the same event is the first one."""
+    take_sqlite_write_lock(db)  # else on SQLite the savepoint below would be the transaction, committed on release
     existing = db.scalar(select(ScreeningAttendance).where(ScreeningAttendance.event_id == event.id,
                                                            ScreeningAttendance.patient_id == patient_id))
     if existing is not None:
@@ -282,7 +324,8 @@ def quick_register(db: Session, *, by: User, event_id: int, client_token: str, r
     """Register a resident at the event through the master patient index.
 
     The resident ID finds the record; without one, a single confident match is taken; a likely duplicate stops
-    with `patients.service.LikelyDuplicates` listing the candidates, and the user either picks one (`patient_id`)
+    with `patients.service.LikelyDuplicates` listing the candidates, and the user either picks one (`patient_id`,
+    sent with the same details, and refused unless it is one of their candidates or holds the resident ID given)
     or confirms a new person (`confirm_new`). The same client token twice returns the first attendance.
     """
     token = (client_token or "").strip()
@@ -297,9 +340,6 @@ def quick_register(db: Session, *, by: User, event_id: int, client_token: str, r
     event = get_event(db, event_id)
     require_runner(db, by, event)
     _require_open(event)
-    if patient_id is not None:  # picked from the candidates shown
-        chosen = access.resolve_patient(db, patient_id)
-        return _attend(db, by=by, event=event, patient_id=chosen.id, token=token, how="chosen")
     errors: list[dict[str, Any]] = []
     rid_number = ""
     if (resident_id or "").strip():
@@ -312,13 +352,14 @@ def quick_register(db: Session, *, by: User, event_id: int, client_token: str, r
                 sex = rid.sex
         except InvalidInput as exc:
             errors += exc.field_errors
-    if rid_number:
-        owner = db.scalar(select(PatientIdentifier.patient_id).where(
-            PatientIdentifier.type == IdentifierType.RESIDENT_ID, PatientIdentifier.value == rid_number,
-            PatientIdentifier.issuer_organisation_id.is_(None)).limit(1))
-        if owner is not None and not errors:
-            survivor = access.resolve_patient(db, owner)
-            return _attend(db, by=by, event=event, patient_id=survivor.id, token=token, how="resident_id")
+    owner = patients._owner_of(db, IdentifierType.RESIDENT_ID, rid_number) if rid_number else None
+    if patient_id is not None:  # picked from the candidates shown
+        return _attend_chosen(db, by=by, event=event, token=token, patient_id=patient_id, owner=owner,
+                              errors=errors, name=name, sex=sex, birth_date=birth_date, phone=phone,
+                              village=village, rid_number=rid_number)
+    if owner is not None and not errors:
+        survivor = access.resolve_patient(db, owner)
+        return _attend(db, by=by, event=event, patient_id=survivor.id, token=token, how="resident_id")
     if not " ".join((name or "").split()):
         errors.append(_err("name", "请填写姓名", "the name is required"))
     if sex not in ("M", "F"):
@@ -330,14 +371,44 @@ def quick_register(db: Session, *, by: User, event_id: int, client_token: str, r
     assert birth_date is not None
     clean_phone = patients.normalise_phone(phone)
     if not confirm_new:
-        found = matching.find_candidates(db, name=" ".join(name.split()), birth_date=birth_date, sex=sex,
-                                         phone=clean_phone, area_id=village, resident_id=rid_number)
+        found = _candidates(db, name=name, sex=sex, birth_date=birth_date, phone=clean_phone, village=village,
+                            rid_number=rid_number)
         if len(found) == 1 and found[0].score >= CONFIDENT_MATCH and not rid_number:
             return _attend(db, by=by, event=event, patient_id=found[0].patient_id, token=token, how="match")
     data = PatientCreate(name=name, sex=Sex(sex), birth_date=birth_date, resident_id=rid_number or None,
                          phone=clean_phone, area_id=village)
     patient = patients.register(db, by=by, data=data, confirm_not_duplicate=confirm_new)
     return _attend(db, by=by, event=event, patient_id=patient.id, token=token, how="new")
+
+
+def _candidates(db: Session, *, name: str, sex: str, birth_date: date, phone: str, village: int | None,
+                rid_number: str) -> list[matching.Candidate]:
+    """The residents who look like the person described: those a likely duplicate shows to pick from."""
+    return matching.find_candidates(db, name=" ".join((name or "").split()), birth_date=birth_date, sex=sex,
+                                    phone=phone, area_id=village, resident_id=rid_number)
+
+
+def _attend_chosen(db: Session, *, by: User, event: ScreeningEvent, token: str, patient_id: int, owner: int | None,
+                   errors: list[dict[str, Any]], name: str, sex: str, birth_date: date | None, phone: str,
+                   village: int | None, rid_number: str) -> ScreeningAttendance:
+    """A resident picked from the candidates shown. The pick must be one of them for the details the form sent
+    back (or hold the resident ID given): an attendance puts the resident in the care of the event's staff, so a
+    bare patient id would open any record."""
+    if errors:
+        raise InvalidInput("登记信息有误 / the registration has errors", field_errors=errors)
+    allowed: set[int] = set()
+    if owner is not None:
+        allowed |= {owner, access.resolve_patient(db, owner).id}
+    if birth_date is not None and sex in ("M", "F") and " ".join((name or "").split()):
+        allowed |= {c.patient_id for c in _candidates(db, name=name, sex=sex, birth_date=birth_date,
+                                                       phone=patients.normalise_phone(phone), village=village,
+                                                       rid_number=rid_number)}
+    if patient_id in allowed:  # checked before loading it: any other id is refused alike, found or not
+        survivor = access.resolve_patient(db, patient_id)
+        return _attend(db, by=by, event=event, patient_id=survivor.id, token=token, how="chosen")
+    raise InvalidInput("所选居民与填写的姓名、性别、出生日期或身份证号不符，请重新查找 / the resident picked does not "
+                       "match the name, sex, birth date or resident ID given; search again",
+                       field_errors=[_err("patient_id", "所选居民不在候选名单中", "not among the candidates shown")])
 
 
 def get_attendance(db: Session, *, user: User, event_id: int, attendance_id: int) -> ScreeningAttendance:
@@ -365,6 +436,8 @@ def _number(raw: Any, kind: str) -> float | int | None:
     if isinstance(raw, bool):
         raise ValueError
     value = float(str(raw).strip())
+    if not math.isfinite(value):  # "nan", "inf", "1e999"
+        raise ValueError
     if kind == "int":
         if value != int(value):
             raise ValueError
@@ -480,23 +553,29 @@ def _active_enrolments(db: Session, patient_id: int) -> list[ChronicEnrolment]:
 
 
 def _chronic_reading(db: Session, *, by: User | None, event: ScreeningEvent, patient_id: int, service_code: str,
-                     values: dict[str, Any], danger: bool, at: datetime) -> ChronicReading | None:
-    """A known hypertensive's or diabetic's BP or glucose from the event, so the registry sees it."""
-    if service_code not in ("bp", "glucose") or (service_code == "bp" and "sbp" not in values):
-        return None
-    enrolments = _active_enrolments(db, patient_id)
+                     values: dict[str, Any], danger: bool, at: datetime,
+                     reading_id: int | None = None) -> ChronicReading | None:
+    """A known hypertensive's or diabetic's BP or glucose from the event, so the registry sees it.
+
+    `reading_id`: the reading this result wrote before (entered again): corrected in place, so one result is one
+    reading; removed when the result no longer makes one. Returns the result's reading, if any."""
+    earlier = db.get(ChronicReading, reading_id) if reading_id is not None else None
+    enrolments = ([] if service_code not in ("bp", "glucose") or (service_code == "bp" and "sbp" not in values)
+                  else _active_enrolments(db, patient_id))
     if not enrolments:
+        if earlier is not None:
+            db.delete(earlier)
+            db.flush()
         return None
+    reading = earlier or ChronicReading(patient_id=patient_id, organisation_id=event.host_organisation_id,
+                                        kind=service_code, source="screening")
+    reading.measured_at, reading.recorded_by_user_id, reading.recorded_at = at, by.id if by else None, utcnow()
     if service_code == "bp":
-        reading = ChronicReading(patient_id=patient_id, organisation_id=event.host_organisation_id, kind="bp",
-                                 measured_at=at, sbp=values["sbp"], dbp=values["dbp"], pulse=values.get("pulse"),
-                                 source="screening", recorded_by_user_id=by.id if by else None, recorded_at=utcnow())
+        reading.sbp, reading.dbp, reading.pulse = values["sbp"], values["dbp"], values.get("pulse")
     else:
-        reading = ChronicReading(patient_id=patient_id, organisation_id=event.host_organisation_id, kind="glucose",
-                                 measured_at=at, glucose_mmol=values["value"],
-                                 glucose_context=values.get("context", "random"), source="screening",
-                                 recorded_by_user_id=by.id if by else None, recorded_at=utcnow())
-    db.add(reading)
+        reading.glucose_mmol, reading.glucose_context = values["value"], values.get("context", "random")
+    if earlier is None:
+        db.add(reading)
     for enrolment in enrolments:
         if service_code == "bp":
             chronic_rules.apply_bp(enrolment, sbp=values["sbp"], dbp=values["dbp"], at=at)
@@ -510,13 +589,12 @@ def _chronic_reading(db: Session, *, by: User | None, event: ScreeningEvent, pat
 
 
 def _task_for(db: Session, *, by: User | None, event: ScreeningEvent, result: ScreeningResult,
-              service: ScreeningService, today: date, team_id: int | None = None) -> ChronicTask:
+              service: ScreeningService, today: date) -> ChronicTask:
     due = today + timedelta(days=TASK_DAYS_DANGER if result.danger else TASK_DAYS)
     title = f"{event.title}：{result.finding}"
     return chronic_tasks.create_task(
         db, patient_id=result.patient_id, kind="screening", title=title, due_on=due, by=by,
-        detail=f"{service.name} / {service.name_en}: {result.values}", team_id=team_id,
-        screening_result_id=result.id)
+        detail=f"{service.name} / {service.name_en}: {result.values}", screening_result_id=result.id)
 
 
 def record_result(db: Session, *, by: User, attendance_id: int, service_code: str,
@@ -555,8 +633,9 @@ def record_result(db: Session, *, by: User, attendance_id: int, service_code: st
         row.task_id = None
     elif row.abnormal and row.task_id is None:
         row.task_id = _task_for(db, by=by, event=event, result=row, service=service, today=local_today()).id
-    _chronic_reading(db, by=by, event=event, patient_id=row.patient_id, service_code=service_code, values=clean,
-                     danger=verdict.danger, at=now)
+    reading = _chronic_reading(db, by=by, event=event, patient_id=row.patient_id, service_code=service_code,
+                               values=clean, danger=verdict.danger, at=now, reading_id=row.reading_id)
+    row.reading_id = reading.id if reading is not None else None
     db.flush()
     audit.record(db, actor=access.actor_of(by), action="screening.result", patient_id=row.patient_id,
                  resource=f"screening_result:{row.id}",
@@ -623,9 +702,12 @@ class AttendanceRow:
     abnormal: int
 
 
-def attendance_rows(db: Session, *, event_id: int, limit: int = 200, offset: int = 0) -> list[AttendanceRow]:
-    """The people registered at an event, newest first, with how many results and findings each has (the runner's
-    list; callers check `require_runner`)."""
+ATTENDANCE_ROWS = 200
+
+
+def attendance_rows(db: Session, *, event_id: int) -> list[AttendanceRow]:
+    """The latest ATTENDANCE_ROWS people registered at an event, newest first, with how many results and findings
+    each has (the runner's list; callers check `require_runner`)."""
     results = (select(ScreeningResult.attendance_id, func.count().label("n"),
                       func.sum(case((ScreeningResult.abnormal.is_(True), 1), else_=0)).label("bad"))
                .where(ScreeningResult.event_id == event_id).group_by(ScreeningResult.attendance_id).subquery())
@@ -634,7 +716,7 @@ def attendance_rows(db: Session, *, event_id: int, limit: int = 200, offset: int
              .outerjoin(results, results.c.attendance_id == ScreeningAttendance.id)
              .where(ScreeningAttendance.event_id == event_id)
              .order_by(ScreeningAttendance.registered_at.desc(), ScreeningAttendance.id.desc())
-             .limit(limit).offset(offset))
+             .limit(ATTENDANCE_ROWS))
     return [AttendanceRow(id=a.id, patient_id=a.patient_id, name=name, sex=str(sex), birth_date=born,
                           registered_at=a.registered_at, how=a.how, school=a.school, grade=a.grade,
                           class_name=a.class_name, results=n or 0, abnormal=int(bad or 0))
@@ -675,44 +757,48 @@ def _header_key(text: str) -> str:
 _HEADER_INDEX = {_header_key(alias): key for key, aliases in HEADERS.items() for alias in aliases}
 
 
+def _too_many_rows() -> InvalidInput:
+    return InvalidInput(f"一次最多导入 {MAX_IMPORT_ROWS} 行 / at most {MAX_IMPORT_ROWS} rows per file",
+                        field_errors=[field_error("file", "too many rows")])
+
+
 def read_sheet(filename: str, content: bytes) -> list[list[Any]]:
-    """The sheet's rows as lists (first row the headers): .xlsx, or .csv in UTF-8 (with or without BOM) or GB18030."""
+    """The sheet's rows as lists (first row the headers): .xlsx, or .csv in UTF-8 (with or without BOM) or GB18030.
+
+    Reading stops a little past MAX_IMPORT_ROWS (a sheet that long is refused, so the rest is not read)."""
     lower = (filename or "").lower()
     if len(content) > MAX_IMPORT_BYTES:
         raise InvalidInput("文件过大（最大 10 MB）/ the file is too large (10 MB at most)",
                            field_errors=[field_error("file", "too large")])
+    most = MAX_IMPORT_ROWS + IMPORT_ROWS_MARGIN
     if lower.endswith(".xlsx"):
         from openpyxl import load_workbook
 
         from healthrelay.screening.sheets import read_xlsx_fast
 
         try:
-            return read_xlsx_fast(content)
-        except Exception:  # noqa: BLE001, S110 - an unusual workbook: let openpyxl read it, or name the problem
-            pass
-
-        try:
-            book = load_workbook(io.BytesIO(content), read_only=True, data_only=True)
-        except Exception:  # noqa: BLE001 - any unreadable workbook is the same problem for the user
-            raise InvalidInput("无法读取 Excel 文件 / the Excel file cannot be read",
-                               field_errors=[field_error("file", "not a readable .xlsx")]) from None
-        sheet = book.worksheets[0]
-        rows = [list(r) for r in sheet.iter_rows(values_only=True)]
-        book.close()
-        return rows
-    if lower.endswith(".csv"):
-        for encoding in ("utf-8-sig", "gb18030"):
+            rows = read_xlsx_fast(content, max_rows=most + 1)
+        except Exception:  # noqa: BLE001 - an unusual workbook: let openpyxl read it, or name the problem
             try:
-                text = content.decode(encoding)
-                break
-            except UnicodeDecodeError:
-                continue
-        else:
-            raise InvalidInput("CSV 编码无法识别（应为 UTF-8 或 GB18030）/ the CSV is neither UTF-8 nor GB18030",
-                               field_errors=[field_error("file", "unknown encoding")])
-        return [list(r) for r in csv.reader(io.StringIO(text))]
-    raise InvalidInput("只接受 .xlsx 或 .csv 文件 / only .xlsx or .csv files are accepted",
-                       field_errors=[field_error("file", "must be .xlsx or .csv")])
+                book = load_workbook(io.BytesIO(content), read_only=True, data_only=True)
+            except Exception:  # noqa: BLE001 - any unreadable workbook is the same problem for the user
+                raise InvalidInput("无法读取 Excel 文件 / the Excel file cannot be read",
+                                   field_errors=[field_error("file", "not a readable .xlsx")]) from None
+            rows = [list(r) for r in islice(book.worksheets[0].iter_rows(values_only=True), most + 1)]
+            book.close()
+    elif lower.endswith(".csv"):
+        text = chronic_service.decode_text(content)
+        try:
+            rows = [list(r) for r in islice(csv.reader(io.StringIO(text)), most + 1)]
+        except csv.Error as exc:  # an unclosed quote, a NUL byte
+            raise InvalidInput(f"CSV 文件格式有误：{exc} / the CSV file is malformed: {exc}",
+                               field_errors=[field_error("file", "malformed CSV")]) from None
+    else:
+        raise InvalidInput("只接受 .xlsx 或 .csv 文件 / only .xlsx or .csv files are accepted",
+                           field_errors=[field_error("file", "must be .xlsx or .csv")])
+    if len(rows) > most:
+        raise _too_many_rows()
+    return rows
 
 
 @dataclass
@@ -785,10 +871,14 @@ def _parse_student(number: int, cells: dict[str, Any], services: dict[str, Scree
     elif born is not None and not date(1900, 1, 1) <= born <= today:
         bad("出生日期", "出生日期不合理", "the birth date is implausible")
     if rid is not None:
-        if born is not None and born != rid.birth_date:
-            bad("出生日期", "出生日期与身份证号不一致", "the birth date disagrees with the resident ID")
-        if sex and sex != rid.sex:
-            bad("性别", "性别与身份证号不一致", "the sex disagrees with the resident ID")
+        try:
+            check_agrees(rid, sex=sex, birth_date=born or rid.birth_date)
+        except InvalidInput as exc:
+            disagree = {e["field"] for e in exc.field_errors}
+            if "birth_date" in disagree:
+                bad("出生日期", "出生日期与身份证号不一致", "the birth date disagrees with the resident ID")
+            if "sex" in disagree:
+                bad("性别", "性别与身份证号不一致", "the sex disagrees with the resident ID")
         born = born or rid.birth_date
     if born is None and not errors:
         bad("出生日期", "请填写出生日期或身份证号", "give the birth date or the resident ID")
@@ -877,8 +967,7 @@ def import_school_sheet(db: Session, *, by: User, event_id: int, filename: str, 
         raise InvalidInput(f"缺少列：{'、'.join(missing)} / missing columns: {', '.join(missing)}",
                            field_errors=[field_error("file", f"missing columns {missing}")])
     if len(rows) - 1 > MAX_IMPORT_ROWS:
-        raise InvalidInput(f"一次最多导入 {MAX_IMPORT_ROWS} 行 / at most {MAX_IMPORT_ROWS} rows per file",
-                           field_errors=[field_error("file", "too many rows")])
+        raise _too_many_rows()
     services = {s.code: s for s in services_of(db) if s.code in event.services}
     today = local_today()
     errors: list[dict[str, Any]] = []
@@ -903,6 +992,8 @@ def import_school_sheet(db: Session, *, by: User, event_id: int, filename: str, 
         errors += problems
         if student is not None:
             students.append(student)
+    # On SQLite the savepoints below would otherwise be the transaction itself, each chunk committed on release.
+    take_sqlite_write_lock(db)
     owners = _owners(db, (s.resident_id for s in students if s.resident_id))
     at_event = set(db.scalars(select(ScreeningAttendance.patient_id).where(ScreeningAttendance.event_id == event.id)))
     imported = skipped = new = findings = 0
@@ -924,16 +1015,19 @@ def import_school_sheet(db: Session, *, by: User, event_id: int, filename: str, 
         ready.append(s)
     for start in range(0, len(ready), IMPORT_CHUNK):
         chunk = ready[start:start + IMPORT_CHUNK]
+        fresh = [s for s in chunk if s.patient_id is None]
         try:
             with db.begin_nested():
                 outcome = _write_students(db, by=by, event=event, students=chunk, services=services, today=today)
-        except IntegrityError:  # someone registered one of these meanwhile: redo the chunk row by row
+        except _CLASHES:  # someone registered one of these meanwhile: redo the chunk row by row
+            for s in fresh:  # their new records went with the rolled-back chunk
+                s.patient_id = None
             outcome = (0, 0, 0)
             for s in chunk:
                 try:
                     with db.begin_nested():
                         one = _write_students(db, by=by, event=event, students=[s], services=services, today=today)
-                except IntegrityError:
+                except _CLASHES:
                     errors.append({"row": s.row, "field": "身份证号", "message": "该学生刚被他人登记，请重新导入本行 / "
                                    "this student was registered by someone else meanwhile; import the row again"})
                     continue
@@ -952,6 +1046,19 @@ def import_school_sheet(db: Session, *, by: User, event_id: int, filename: str, 
                  detail={"event_id": event.id, "rows": total, "imported": imported, "new_residents": new,
                          "failed": record.rows_failed})
     return record
+
+
+def _clashes() -> tuple[type[Exception], ...]:
+    """A clash with a row written meanwhile: SQLAlchemy's IntegrityError, or psycopg's own from `_copy`, which
+    writes through the driver's cursor."""
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - SQLite-only installs
+        return (IntegrityError,)
+    return (IntegrityError, psycopg.IntegrityError)
+
+
+_CLASHES = _clashes()
 
 
 def _insert_ids(db: Session, model: type[Any], rows: list[dict[str, Any]]) -> list[int]:
@@ -1049,13 +1156,20 @@ def _write_students(db: Session, *, by: User, event: ScreeningEvent, students: S
     enrolled = set(db.scalars(select(ChronicEnrolment.patient_id).where(
         ChronicEnrolment.patient_id.in_(known), ChronicEnrolment.status == "active"))) if known else set()
     by_student: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+    readings = []
     for values, result_id in zip(result_rows, result_ids, strict=True):
         if values["patient_id"] in enrolled:
-            _chronic_reading(db, by=by, event=event, patient_id=values["patient_id"],
-                             service_code=values["service_code"], values=values["values"], danger=values["danger"],
-                             at=now)
+            reading = _chronic_reading(db, by=by, event=event, patient_id=values["patient_id"],
+                                       service_code=values["service_code"], values=values["values"],
+                                       danger=values["danger"], at=now)
+            if reading is not None:
+                readings.append({"rid": result_id, "reading": reading.id})
         if values["abnormal"]:
             by_student.setdefault(values["patient_id"], []).append((result_id, values))
+    if readings:
+        table = ScreeningResult.__table__
+        db.execute(update(table).where(table.c.id == bindparam("rid")).values(reading_id=bindparam("reading")),
+                   readings)
     findings = sum(len(found) for found in by_student.values())
     if by_student:
         _bulk_tasks(db, by=by, event=event, by_student=by_student, fresh_ids=fresh_ids, today=today, now=now)
@@ -1131,8 +1245,8 @@ def report_sheet(db: Session, *, event_id: int) -> bytes:
     assert sheet is not None
     sheet.title = "活动统计 counts"
     local_start = event.starts_at.astimezone(LOCAL_TZ)
-    for row in (["活动 event", event.title], ["编号 number", event.number], ["类型 kind", event.kind],
-                ["日期 date", local_start.strftime("%Y-%m-%d")], ["地点 place", event.place], [],
+    for row in (["活动 event", safe_cell(event.title)], ["编号 number", event.number], ["类型 kind", event.kind],
+                ["日期 date", local_start.strftime("%Y-%m-%d")], ["地点 place", safe_cell(event.place)], [],
                 ["服务人次 people served", counts.people_served], ["新建档 new residents", counts.new_residents],
                 ["发现异常 abnormal findings", counts.abnormal_findings],
                 ["异常人数 people with findings", counts.people_with_findings],
