@@ -31,7 +31,7 @@ from healthrelay.emergency.models import Ambulance, EmergencyCall
 from healthrelay.pathways.models import PathwayCase
 from healthrelay.patients.models import Patient
 from healthrelay.teleconsult.models import ConsultRequest, CriticalResult, CriticalState
-from tests.browser import SCREENSHOTS
+from tests.browser import SCREENSHOTS, screens_for
 
 pytestmark = pytest.mark.e2e
 
@@ -41,16 +41,9 @@ LIVE = 20_000  # ms: live events arrive within a second or two; the boards also 
 
 @pytest.fixture
 def screens(browser: Browser, live_server: str, built: list[str]) -> Iterator[dict[str, Page]]:
-    contexts = []
-    pages: dict[str, Page] = {}
-    for who in ("village", "reader", "dispatcher", "crew", "cardio"):
-        context = browser.new_context(base_url=live_server, viewport={"width": 1366, "height": 900}, locale="zh-CN")
-        context.set_default_timeout(20_000)
-        contexts.append(context)
-        pages[who] = context.new_page()
-    yield pages
-    for context in contexts:
-        context.close()
+    people = ("village", "reader", "dispatcher", "crew", "cardio")
+    with screens_for(browser, live_server, people, height=900, timeout_ms=20_000) as pages:
+        yield pages
 
 
 def _sign_in(page: Page, username: str) -> None:

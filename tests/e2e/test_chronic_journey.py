@@ -33,23 +33,15 @@ from healthrelay.directory.models import (
 )
 from healthrelay.referrals.models import Direction, Referral, State
 from tests import factories as f
-from tests.browser import SCREENSHOTS, sign_in
+from tests.browser import SCREENSHOTS, screens_for, sign_in
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
 def screens(browser: Browser, live_server: str) -> Iterator[dict[str, Page]]:
-    contexts = []
-    pages: dict[str, Page] = {}
-    for who in ("village", "bureau"):
-        context = browser.new_context(base_url=live_server, viewport={"width": 1280, "height": 800}, locale="zh-CN")
-        context.set_default_timeout(15_000)
-        contexts.append(context)
-        pages[who] = context.new_page()
-    yield pages
-    for context in contexts:
-        context.close()
+    with screens_for(browser, live_server, ("village", "bureau"), width=1280, height=800) as pages:
+        yield pages
 
 
 def _enrol_controlled(db: Session, *, patient_id: int, team_id: int, township_org: int, village: int) -> int:

@@ -30,23 +30,15 @@ from healthrelay.directory.models import (
 from healthrelay.patients.models import PatientRegistration
 from healthrelay.recognition.models import ClinicalOrder, RecognitionDecision
 from tests import factories as f
-from tests.browser import SCREENSHOTS, sign_in
+from tests.browser import SCREENSHOTS, screens_for, sign_in
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
 def screens(browser: Browser, live_server: str) -> Iterator[dict[str, Page]]:
-    contexts = []
-    pages: dict[str, Page] = {}
-    for who in ("doctor", "ywk"):
-        context = browser.new_context(base_url=live_server, viewport={"width": 1366, "height": 768}, locale="zh-CN")
-        context.set_default_timeout(15_000)
-        contexts.append(context)
-        pages[who] = context.new_page()
-    yield pages
-    for context in contexts:
-        context.close()
+    with screens_for(browser, live_server, ("doctor", "ywk")) as pages:
+        yield pages
 
 
 def _world(db: Session) -> dict[str, int]:

@@ -32,7 +32,7 @@ from healthrelay.directory.models import (
 )
 from healthrelay.referrals.models import Referral, State
 from tests import factories as f
-from tests.browser import SCREENSHOTS, sign_in
+from tests.browser import SCREENSHOTS, screens_for, sign_in
 from tests.referrals.conftest import move_due_into_past
 
 pytestmark = pytest.mark.e2e
@@ -41,16 +41,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def screens(browser: Browser, live_server: str) -> Iterator[dict[str, Page]]:
     """One browser context (its own cookies) per person."""
-    contexts = []
-    pages: dict[str, Page] = {}
-    for who in ("village", "county", "ywk"):
-        context = browser.new_context(base_url=live_server, viewport={"width": 1366, "height": 768}, locale="zh-CN")
-        context.set_default_timeout(15_000)
-        contexts.append(context)
-        pages[who] = context.new_page()
-    yield pages
-    for context in contexts:
-        context.close()
+    with screens_for(browser, live_server, ("village", "county", "ywk")) as pages:
+        yield pages
 
 
 def _county_world(db: Session) -> dict[str, object]:

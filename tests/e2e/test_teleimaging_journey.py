@@ -34,7 +34,7 @@ from healthrelay.teleconsult.models import (
     Priority,
     RoutingRule,
 )
-from tests.browser import SCREENSHOTS, sign_in
+from tests.browser import SCREENSHOTS, screens_for, sign_in
 from tests.imaging.conftest import start_test_receiver
 from tests.teleconsult.conftest import TeleWorld, build_world, staff
 
@@ -46,16 +46,8 @@ RESIDENT_ID = "11010519491231002X"
 @pytest.fixture
 def screens(browser: Browser, live_server: str) -> Iterator[dict[str, Page]]:
     """One browser context (its own cookies) per person."""
-    contexts = []
-    pages: dict[str, Page] = {}
-    for who in ("reader", "township", "head", "ywk"):
-        context = browser.new_context(base_url=live_server, viewport={"width": 1366, "height": 768}, locale="zh-CN")
-        context.set_default_timeout(15_000)
-        contexts.append(context)
-        pages[who] = context.new_page()
-    yield pages
-    for context in contexts:
-        context.close()
+    with screens_for(browser, live_server, ("reader", "township", "head", "ywk")) as pages:
+        yield pages
 
 
 def _township_with_a_ct(db: Session, w: TeleWorld) -> dict[str, object]:

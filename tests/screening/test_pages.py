@@ -212,3 +212,19 @@ def test_bad_numbers_and_another_organisations_team_are_named_on_the_pages(clien
     page = client.post(f"/screening/events/{event.id}/attendances/{attendance.json()['id']}/results/glucose",
                        data={"csrf_token": csrf, "value": "nan", "context": "fasting"})
     assert page.status_code == 422 and 'aria-invalid="true"' in page.text
+
+
+def test_an_id_past_an_integer_key_is_a_422_naming_it_not_a_server_error(client, db: Session,  # noqa: ANN001
+                                                                          world: World) -> None:
+    event = plan(db, world)
+    huge = 2**31
+    headers = f.bearer(client, "town_doc")
+    api = client.get(f"/api/v1/screening/events/{huge}", headers=headers)
+    assert api.status_code == 422 and "event_id" in api.text
+    result = client.post(f"/api/v1/screening/attendances/{huge}/results", headers=headers,
+                         json={"service_code": "glucose", "values": {"value": 5.0, "context": "fasting"}})
+    assert result.status_code == 422 and "attendance_id" in result.text
+    login(client, "town_doc")
+    assert client.get(f"/screening/events/{huge}").status_code == 422
+    assert client.get(f"/screening/events/{event.id}/attendances/{huge}").status_code == 422
+    assert client.get(f"/screening/events/{event.id}").status_code == 200

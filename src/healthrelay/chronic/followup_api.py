@@ -105,24 +105,6 @@ class FollowUpOutcomeOut(BaseModel):
     task_due_on: date | None
 
 
-class OverdueOut(BaseModel):
-    enrolment_id: int
-    patient_id: int
-    name: str
-    phone: str
-    birth_date: date
-    condition_code: str
-    risk_level: int
-    next_visit_due: date
-    next_visit_kind: str
-    days_overdue: int
-    last_sbp: int | None
-    last_dbp: int | None
-    last_bp_at: datetime | None
-    last_glucose: float | None
-    last_glucose_at: datetime | None
-
-
 class TaskOut(BaseModel):
     id: int
     patient_id: int
@@ -138,19 +120,12 @@ class TaskOut(BaseModel):
     outcome: str
 
 
-class CountsOut(BaseModel):
-    overdue: int
-    high_risk_overdue: int
-    open_tasks: int
-    due_this_week: int
-
-
 class WorklistOut(BaseModel):
     team_id: int
     team_name: str
     today: date
-    counts: CountsOut
-    overdue: list[OverdueOut]
+    counts: worklist.WorklistCounts
+    overdue: list[worklist.OverdueRow]
     tasks: list[TaskOut]
 
 
@@ -229,12 +204,8 @@ def get_worklist(request: Request, db: DbSession, user: CurrentUser,
     """The team's overdue patients (high risk first), open tasks and counts."""
     found = worklist.team_worklist(db, user=user, team_id=pick_team(db, user, team), condition=condition or None,
                                    limit=limit, offset=offset, client_address=client_address(request))
-    c = found.counts
     return WorklistOut(team_id=found.team.id, team_name=found.team.name, today=found.today,
-                       counts=CountsOut(overdue=c.overdue, high_risk_overdue=c.high_risk_overdue,
-                                        open_tasks=c.open_tasks, due_this_week=c.due_this_week),
-                       overdue=[OverdueOut(**{k: getattr(r, k) for k in OverdueOut.model_fields})
-                                for r in found.overdue],
+                       counts=found.counts, overdue=found.overdue,
                        tasks=[task_out(r) for r in found.tasks])
 
 

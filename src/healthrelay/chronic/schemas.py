@@ -5,22 +5,12 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any
 
-from fastapi import Path, Query
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-# An INTEGER key: larger numbers are refused here (422), not by the database (500 on PostgreSQL).
-from healthrelay.recognition.schemas import MAX_ID, Id
+from healthrelay.core.ids import MAX_ID, Id, IdPath, IdQuery, is_id  # noqa: F401 - the domain's id types
 
-IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
-IdQuery = Annotated[int, Query(ge=1, le=MAX_ID)]
 MAX_OFFSET = 100_000  # a page of a list no one scrolls that far; a bigger OFFSET is refused
 Code = Annotated[str, Field(max_length=40)]
-
-
-def is_id(value: str) -> bool:
-    """An id typed in a form or a query: ASCII digits only ("²".isdigit() is True) within an INTEGER key."""
-    value = (value or "").strip()
-    return value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_ID
 
 
 class MedicineIn(BaseModel):

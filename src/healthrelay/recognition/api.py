@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, status
+from fastapi import APIRouter, Query, Request, status
 
 from healthrelay.core.deps import CurrentUser, DbSession, client_address
 from healthrelay.core.errors import AccessDenied
+from healthrelay.core.ids import MAX_ID, IdPath
 from healthrelay.recognition import service
 from healthrelay.recognition.schemas import (
-    MAX_ID,
     DecisionOut,
     EqaIn,
     EqaOut,
@@ -20,8 +20,6 @@ from healthrelay.recognition.schemas import (
     PriorOut,
     RepeatsOut,
 )
-
-IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 router = APIRouter(tags=["recognition"])
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Path, Query, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 from openpyxl import Workbook
 from openpyxl.styles import Font
@@ -21,10 +21,11 @@ from healthrelay.accounts.models import User
 from healthrelay.core.db import utcnow
 from healthrelay.core.deps import CsrfChecked, CurrentUser, DbSession, client_address
 from healthrelay.core.errors import AccessDenied, DomainError, InvalidInput, field_error
+from healthrelay.core.ids import IdPath, IdQuery, is_id
 from healthrelay.directory.models import AllianceMembership, Organisation, OrgKind
 from healthrelay.patients import service as patients
 from healthrelay.recognition import service
-from healthrelay.recognition.schemas import MAX_ID, OrderIn
+from healthrelay.recognition.schemas import OrderIn
 from healthrelay.results.service import resolve_code, search_codes
 from healthrelay.teleconsult.reports import hr_mark
 from healthrelay.web.forms import messages_by_field, reraise_if_access
@@ -34,11 +35,8 @@ from healthrelay.web.templating import local_time, render, request_locale
 router = APIRouter(include_in_schema=False)
 
 FormText = Annotated[str, Form()]
-IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
-def _is_id(value: str) -> bool:
-    return value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_ID
 ORDER_FIELDS = ("patient_id", "code", "decision", "prior_ref", "reason_code", "reason_note", "clinical_note")
 
 
@@ -66,7 +64,7 @@ def _order_page(request: Request, db: Session, user: User, *, form: dict[str, st
     patient = None
     search_rows: list[Any] = []
     ctx: dict[str, Any] = {"info": None, "priors": [], "reasons": [], "validity_days": None, "price": ""}
-    if _is_id(form.get("patient_id", "")):
+    if is_id(form.get("patient_id", "")):
         patient = _patient_card(db, user, int(form["patient_id"]), address)
         if form.get("code"):
             ctx = _priors_context(db, user, patient["id"], form["code"], address)
@@ -85,7 +83,7 @@ def _order_page(request: Request, db: Session, user: User, *, form: dict[str, st
 @router.get("/orders/new")
 def order_new(request: Request, db: DbSession, user: CurrentUser, patient_id: str = "", code: str = "",
               q: str = "") -> Response:
-    if patient_id and not _is_id(patient_id):
+    if patient_id and not is_id(patient_id):
         raise InvalidInput("patient_id 须为居民编号 / patient_id must be an id",
                            field_errors=[field_error("patient_id", "not a number")])
     return _order_page(request, db, user, q=q, form={"patient_id": patient_id, "code": code.strip()[:40]})
@@ -100,7 +98,7 @@ def code_options(request: Request, db: DbSession, user: CurrentUser, q: str = ""
 
 @router.get("/orders/priors")
 def priors_panel(request: Request, db: DbSession, user: CurrentUser,
-                 patient_id: Annotated[int, Query(ge=1, le=MAX_ID)], code: str = "") -> Response:
+                 patient_id: IdQuery, code: str = "") -> Response:
     """The priors panel for the chosen code (htmx), with the two choices when there are any."""
     ctx = _priors_context(db, user, patient_id, code.strip()[:40], client_address(request))
     return render(request, "recognition/_priors.html", {
@@ -114,7 +112,7 @@ def order_submit(request: Request, db: DbSession, user: CurrentUser, patient_id:
     values = (patient_id, code, decision, prior_ref, reason_code, reason_note, clinical_note)
     form = {name: value.strip() for name, value in zip(ORDER_FIELDS, values, strict=True)}
     try:
-        if not _is_id(form["patient_id"]):
+        if not is_id(form["patient_id"]):
             raise InvalidInput("请先选择患者 / choose the patient first",
                                field_errors=[field_error("patient_id", "choose the patient")])
         problems = []
@@ -331,7 +329,7 @@ def settings_add_eqa(request: Request, db: DbSession, user: CurrentUser, organis
             "passed": passed, "program": program}
     try:
         problems = []
-        if not _is_id(organisation_id.strip()):
+        if not is_id(organisation_id.strip()):
             problems.append(field_error("organisation_id", "请选择机构 / choose the organisation"))
         if not (year.strip().isascii() and year.strip().isdigit()):
             problems.append(field_error("year", "年份须为数字 / the year must be a number"))
@@ -371,7 +369,7 @@ async def settings_rules(request: Request, user: CurrentUser) -> Response:
             problems = []
             for key, raw in form.items():
                 name, _, rid = key.partition("_")
-                if name not in ("days", "price") or not _is_id(rid):
+                if name not in ("days", "price") or not is_id(rid):
                     continue
                 text = str(raw).strip()
                 try:

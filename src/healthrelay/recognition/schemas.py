@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MAX_ID = 2_147_483_647  # an INTEGER key; larger numbers are refused here, not by the database
-Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+from healthrelay.core.ids import MAX_ID, Id  # noqa: F401 - the domain's id types
 
 
 class ExternalOrderIn(BaseModel):

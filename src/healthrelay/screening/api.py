@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, File, UploadFile, status
@@ -10,11 +9,11 @@ from starlette.concurrency import run_in_threadpool
 
 from healthrelay.core.deps import CurrentUser, DbSession
 from healthrelay.core.errors import InvalidInput, field_error
+from healthrelay.core.ids import IdPath
 from healthrelay.screening import service
 from healthrelay.screening.schemas import (
     AttendanceOut,
     CountsIn,
-    CountsOut,
     EventDetailOut,
     EventIn,
     EventOut,
@@ -50,38 +49,38 @@ def plan(body: EventIn, db: DbSession, user: CurrentUser) -> EventOut:
 
 
 @router.get("/events/{event_id}", response_model=EventDetailOut)
-def event(event_id: int, db: DbSession, user: CurrentUser) -> EventDetailOut:
+def event(event_id: IdPath, db: DbSession, user: CurrentUser) -> EventDetailOut:
     found = service.event_for_figures(db, user=user, event_id=event_id)
-    counts = CountsOut(**asdict(service.event_counts(db, event_id=event_id)))
+    counts = service.event_counts(db, event_id=event_id)
     return EventDetailOut.model_validate(found).model_copy(update={"counts": counts})
 
 
 @router.post("/events/{event_id}/status", response_model=EventOut)
-def set_status(event_id: int, body: StatusIn, db: DbSession, user: CurrentUser) -> EventOut:
+def set_status(event_id: IdPath, body: StatusIn, db: DbSession, user: CurrentUser) -> EventOut:
     return EventOut.model_validate(service.set_status(db, by=user, event_id=event_id, status=body.status))
 
 
 @router.post("/events/{event_id}/counts", response_model=EventOut)
-def set_counts(event_id: int, body: CountsIn, db: DbSession, user: CurrentUser) -> EventOut:
+def set_counts(event_id: IdPath, body: CountsIn, db: DbSession, user: CurrentUser) -> EventOut:
     return EventOut.model_validate(service.set_counts(db, by=user, event_id=event_id, **body.model_dump()))
 
 
 @router.post("/events/{event_id}/attendances", response_model=AttendanceOut, status_code=status.HTTP_201_CREATED)
-def register(event_id: int, body: RegisterIn, db: DbSession, user: CurrentUser) -> AttendanceOut:
+def register(event_id: IdPath, body: RegisterIn, db: DbSession, user: CurrentUser) -> AttendanceOut:
     """Register a resident at the event; 409 `likely_duplicates` lists the candidates to pick from."""
     row = service.quick_register(db, by=user, event_id=event_id, **body.model_dump())
     return AttendanceOut.model_validate(row)
 
 
 @router.post("/attendances/{attendance_id}/results", response_model=ResultOut)
-def record_result(attendance_id: int, body: ResultIn, db: DbSession, user: CurrentUser) -> ResultOut:
+def record_result(attendance_id: IdPath, body: ResultIn, db: DbSession, user: CurrentUser) -> ResultOut:
     row = service.record_result(db, by=user, attendance_id=attendance_id, service_code=body.service_code,
                                 values=body.values)
     return ResultOut.model_validate(row)
 
 
 @router.post("/events/{event_id}/imports", response_model=ImportOut, status_code=status.HTTP_201_CREATED)
-async def import_sheet(event_id: int, db: DbSession, user: CurrentUser,
+async def import_sheet(event_id: IdPath, db: DbSession, user: CurrentUser,
                        file: Annotated[UploadFile, File()]) -> ImportOut:
     content = await file.read(service.MAX_IMPORT_BYTES + 1)
     record = await run_in_threadpool(service.import_school_sheet, db, by=user, event_id=event_id,

@@ -20,6 +20,7 @@ from healthrelay.accounts.models import User
 from healthrelay.core.db import LOCAL_TZ, utcnow
 from healthrelay.core.deps import CsrfChecked, CurrentUser, DbSession
 from healthrelay.core.errors import DomainError, InvalidInput, NotFound, field_error
+from healthrelay.core.ids import IdPath
 from healthrelay.directory.models import Area, AreaLevel, Organisation, Team, TeamKind
 from healthrelay.patients import service as patients
 from healthrelay.patients.service import LikelyDuplicates
@@ -125,18 +126,18 @@ def _event_page(request: Request, db: Session, user: User, event: ScreeningEvent
 
 
 @router.get("/screening/events/{event_id:int}")
-def event_page(request: Request, db: DbSession, user: CurrentUser, event_id: int) -> Response:
+def event_page(request: Request, db: DbSession, user: CurrentUser, event_id: IdPath) -> Response:
     return _event_page(request, db, user, service.event_for_figures(db, user=user, event_id=event_id))
 
 
 @router.post("/screening/events/{event_id:int}/status", dependencies=[CsrfChecked])
-def status_submit(db: DbSession, user: CurrentUser, event_id: int, status: FormText = "") -> Response:
+def status_submit(db: DbSession, user: CurrentUser, event_id: IdPath, status: FormText = "") -> Response:
     service.set_status(db, by=user, event_id=event_id, status=status)
     return RedirectResponse(f"/screening/events/{event_id}?done={status}", status_code=303)
 
 
 @router.post("/screening/events/{event_id:int}/counts", dependencies=[CsrfChecked])
-def counts_submit(request: Request, db: DbSession, user: CurrentUser, event_id: int, leaflets_given: FormText = "",
+def counts_submit(request: Request, db: DbSession, user: CurrentUser, event_id: IdPath, leaflets_given: FormText = "",
                   medicines_given: FormText = "", medicines_value: FormText = "") -> Response:
     event = service.event_for_figures(db, user=user, event_id=event_id)
     try:
@@ -161,7 +162,7 @@ def counts_submit(request: Request, db: DbSession, user: CurrentUser, event_id: 
 
 
 @router.get("/screening/events/{event_id:int}/report.xlsx")
-def report_xlsx(db: DbSession, user: CurrentUser, event_id: int) -> Response:
+def report_xlsx(db: DbSession, user: CurrentUser, event_id: IdPath) -> Response:
     event = service.event_for_figures(db, user=user, event_id=event_id)
     return Response(service.report_sheet(db, event_id=event_id), media_type=XLSX,
                     headers={"Content-Disposition": f'attachment; filename="screening-{event.number}.xlsx"'})
@@ -181,7 +182,7 @@ def _register_page(request: Request, db: Session, event: ScreeningEvent, *, form
 
 
 @router.get("/screening/events/{event_id:int}/register")
-def register_page(request: Request, db: DbSession, user: CurrentUser, event_id: int) -> Response:
+def register_page(request: Request, db: DbSession, user: CurrentUser, event_id: IdPath) -> Response:
     event = service.get_event(db, event_id)
     service.require_runner(db, user, event)
     return _register_page(request, db, event, form={
@@ -190,7 +191,7 @@ def register_page(request: Request, db: DbSession, user: CurrentUser, event_id: 
 
 
 @router.post("/screening/events/{event_id:int}/register", dependencies=[CsrfChecked])
-def register_submit(request: Request, db: DbSession, user: CurrentUser, event_id: int, client_token: FormText = "",
+def register_submit(request: Request, db: DbSession, user: CurrentUser, event_id: IdPath, client_token: FormText = "",
                     resident_id: FormText = "", name: FormText = "", sex: FormText = "", birth_date: FormText = "",
                     phone: FormText = "", village: FormText = "", patient_id: FormText = "",
                     confirm_new: FormText = "") -> Response:
@@ -247,14 +248,15 @@ def _attendance_page(request: Request, db: Session, user: User, event: Screening
 
 
 @router.get("/screening/events/{event_id:int}/attendances/{attendance_id:int}")
-def attendance_page(request: Request, db: DbSession, user: CurrentUser, event_id: int, attendance_id: int) -> Response:
+def attendance_page(request: Request, db: DbSession, user: CurrentUser, event_id: IdPath,
+                    attendance_id: IdPath) -> Response:
     event = service.get_event(db, event_id)
     return _attendance_page(request, db, user, event, attendance_id)
 
 
 @router.post("/screening/events/{event_id:int}/attendances/{attendance_id:int}/results/{code}",
              dependencies=[CsrfChecked])
-async def result_submit(request: Request, db: DbSession, user: CurrentUser, event_id: int, attendance_id: int,
+async def result_submit(request: Request, db: DbSession, user: CurrentUser, event_id: IdPath, attendance_id: IdPath,
                         code: str) -> Response:
     form = await request.form()
     values = {k: str(v) for k, v in form.items() if k != "csrf_token"}
@@ -290,14 +292,14 @@ def _import_page(request: Request, event: ScreeningEvent, *,
 
 
 @router.get("/screening/events/{event_id:int}/import")
-def import_page(request: Request, db: DbSession, user: CurrentUser, event_id: int) -> Response:
+def import_page(request: Request, db: DbSession, user: CurrentUser, event_id: IdPath) -> Response:
     event = service.get_event(db, event_id)
     service.require_runner(db, user, event)
     return _import_page(request, event)
 
 
 @router.get("/screening/events/{event_id:int}/import/example.xlsx")
-def import_example(db: DbSession, user: CurrentUser, event_id: int) -> Response:
+def import_example(db: DbSession, user: CurrentUser, event_id: IdPath) -> Response:
     from healthrelay.screening.sheets import make_school_sheet
 
     service.require_runner(db, user, service.get_event(db, event_id))
@@ -306,7 +308,7 @@ def import_example(db: DbSession, user: CurrentUser, event_id: int) -> Response:
 
 
 @router.post("/screening/events/{event_id:int}/import", dependencies=[CsrfChecked])
-async def import_submit(request: Request, db: DbSession, user: CurrentUser, event_id: int,
+async def import_submit(request: Request, db: DbSession, user: CurrentUser, event_id: IdPath,
                         file: Annotated[UploadFile | str, File()] = "") -> Response:
     content, filename = b"", ""
     if not isinstance(file, str):
@@ -333,7 +335,7 @@ def _import_submit(request: Request, db: Session, user: User, event_id: int, fil
 
 
 @router.get("/screening/events/{event_id:int}/imports/{import_id:int}/errors.xlsx")
-def import_errors(db: DbSession, user: CurrentUser, event_id: int, import_id: int) -> Response:
+def import_errors(db: DbSession, user: CurrentUser, event_id: IdPath, import_id: IdPath) -> Response:
     service.require_runner(db, user, service.get_event(db, event_id))
     record = db.get(ScreeningImport, import_id)
     if record is None or record.event_id != event_id:

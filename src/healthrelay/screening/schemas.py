@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from healthrelay.screening.service import EventCounts
+
 
 class ServiceOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -55,21 +57,8 @@ class EventOut(BaseModel):
     medicines_value_fen: int
 
 
-class CountsOut(BaseModel):
-    people_served: int
-    new_residents: int
-    by_service: dict[str, int]
-    abnormal_by_service: dict[str, int]
-    abnormal_findings: int
-    people_with_findings: int
-    tasks_made: int
-    leaflets_given: int
-    medicines_given: int
-    medicines_value_fen: int
-
-
 class EventDetailOut(EventOut):
-    counts: CountsOut | None = None
+    counts: EventCounts | None = None
 
 
 class StatusIn(BaseModel):
