@@ -29,7 +29,7 @@ log = logging.getLogger("healthrelay")
 # Each domain exposes `router` in api.py (mounted under /api/v1) and/or pages.py (mounted at /).
 DOMAINS = ("accounts", "access", "audit", "directory", "patients", "referrals", "notifications", "teleconsult",
            "imaging", "ecg", "geo", "emergency", "pathways", "results", "recognition", "hl7", "chronic",
-           "screening", "web")
+           "screening", "outreach", "web")
 
 
 # Requests that carry files get the attachment limit instead of the general body limit.

@@ -13,6 +13,7 @@ from healthrelay.geo import models as geo_models  # noqa: F401
 from healthrelay.hl7 import models as hl7_models  # noqa: F401
 from healthrelay.imaging import models as imaging_models  # noqa: F401
 from healthrelay.notifications import models as notifications_models  # noqa: F401
+from healthrelay.outreach import models as outreach_models  # noqa: F401
 from healthrelay.pathways import models as pathways_models  # noqa: F401
 from healthrelay.patients import models as patients_models  # noqa: F401
 from healthrelay.recognition import models as recognition_models  # noqa: F401

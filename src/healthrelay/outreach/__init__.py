@@ -1,0 +1,1 @@
+"""Expert outreach and capacity building: studios, aid rotations, extension clinics, bookings, impact, rosters."""
