@@ -5,6 +5,7 @@ resident registered at the township."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -121,3 +122,16 @@ def clinic(db: Session, w: World, *, day: date | None = None, capacity: int = 20
     row = service.create_session(db, by=w.planner, plan=plan, allow_past=allow_past)
     db.commit()
     return row
+
+
+CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def login(client, username: str) -> str:  # noqa: ANN001
+    """Sign in through the login form; returns a CSRF token for page forms."""
+    client.cookies.clear()
+    token = CSRF_RE.search(client.get("/login").text).group(1)
+    response = client.post("/login", data={"username": username, "password": f.PASSWORD, "csrf_token": token,
+                                           "next": "/"}, follow_redirects=False)
+    assert response.status_code == 303, response.text
+    return CSRF_RE.search(client.get("/").text).group(1)

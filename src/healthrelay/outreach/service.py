@@ -676,3 +676,8 @@ def person_choices(db: Session, *, limit: int = 2000) -> list[tuple[Practitioner
         Practitioner.title_grade.in_(("chief", "associate_chief", "attending"))).order_by(
         Organisation.name, Practitioner.name).limit(limit)).all()
     return [(p, name) for p, name in rows]
+
+
+def sessions_of_schedule(db: Session, *, schedule_id: int) -> list[OutreachSession]:
+    return list(db.scalars(select(OutreachSession).where(OutreachSession.schedule_id == schedule_id)
+                           .order_by(OutreachSession.starts_at)))
