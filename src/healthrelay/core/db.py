@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, DateTime, Engine, MetaData, create_engine, event, func, text
@@ -13,6 +13,8 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from healthrelay.core.config import get_settings
+
+T = TypeVar("T")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -69,9 +71,17 @@ def local_today() -> date:
     return datetime.now(LOCAL_TZ).date()
 
 
+# FastAPI runs sync routes and the session dependency's setup and teardown on a pool of 40 threads. If fewer
+# connections than threads may be checked out, a burst of requests fills the threads with checkouts waiting for
+# a connection while the requests holding connections wait for a thread to commit in: a deadlock broken only by
+# the pool timeout (a 500 after 30 s). So every thread can hold a connection: pool_size + max_overflow >= 40.
+POOL_SIZE, MAX_OVERFLOW = 10, 40
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -84,7 +94,7 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW)
 
 
 @lru_cache
@@ -122,6 +132,23 @@ def session_scope() -> Iterator[Session]:
         # On error, close() rolls the transaction back without expiring loaded objects, so the
         # error page can still show the signed-in user.
         db.close()
+
+
+def in_one_transaction(work: Callable[[Session], T]) -> T:
+    """Run `work` in a session of its own, committed or rolled back in the same thread.
+
+    For bursts of writes (a popular clinic's bookings): with the request-scoped session the write lock (SQLite)
+    or the row lock is taken in the route's thread but released by the dependency's teardown in another pool
+    thread, so more simultaneous writers than pool threads leave the holder waiting for a thread that every
+    waiter occupies. Call it from an async route through `run_in_threadpool`.
+    """
+    db = get_sessionmaker()()
+    try:
+        result = work(db)
+        db.commit()
+        return result
+    finally:
+        db.close()  # rolls back on error
 
 
 def reset_caches() -> None:

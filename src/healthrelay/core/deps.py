@@ -34,14 +34,19 @@ def _user_from_bearer(db: Session, header: str) -> User | None:
     return db.get(User, row.user_id, options=[joinedload(User.organisation)])
 
 
-def optional_user(request: Request, db: DbSession) -> User | None:
-    header = request.headers.get("authorization")
-    user = _user_from_bearer(db, header) if header else None
-    if user is None and not header:
-        user_id = request.session.get("uid")
-        user = db.get(User, user_id, options=[joinedload(User.organisation)]) if user_id else None
+def user_from_credentials(db: Session, *, authorization: str | None, session_uid: Any) -> User | None:
+    """The bearer token's user, else the signed session cookie's; a disabled account is refused."""
+    user = _user_from_bearer(db, authorization) if authorization else None
+    if user is None and not authorization:
+        user = db.get(User, session_uid, options=[joinedload(User.organisation)]) if session_uid else None
     if user is not None and not user.is_active:
         raise NotAuthenticated("账号已停用 / account disabled")
+    return user
+
+
+def optional_user(request: Request, db: DbSession) -> User | None:
+    user = user_from_credentials(db, authorization=request.headers.get("authorization"),
+                                 session_uid=request.session.get("uid"))
     request.state.user = user
     return user
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from healthrelay.access import service as access
 from healthrelay.accounts.models import Role
-from healthrelay.core.deps import CurrentUser, DbSession, client_address
-from healthrelay.core.errors import AccessDenied, InvalidInput, NotFound, field_error
+from healthrelay.core.db import in_one_transaction
+from healthrelay.core.deps import CurrentUser, DbSession, client_address, user_from_credentials
+from healthrelay.core.errors import AccessDenied, InvalidInput, NotAuthenticated, NotFound, field_error
 from healthrelay.core.ids import MAX_ID, IdPath
 from healthrelay.outreach import activity_api, booking, roster_api, service
 from healthrelay.outreach import flows as flows  # noqa: F401 - registers the care relationship and the reminder timer
@@ -130,16 +133,29 @@ def get_schedule(schedule_id: IdPath, db: DbSession, user: CurrentUser) -> Sched
 
 # ---------------------------------------------------------------------------- bookings
 
-def _booking_out(db: DbSession, row: booking.OutreachBooking) -> BookingOut:
+def _booking_out(db: Session, row: booking.OutreachBooking) -> BookingOut:
     return BookingOut.model_validate(row).model_copy(update={"waitlist_position": booking.waitlist_position(db, row)})
 
 
 @router.post("/sessions/{session_id}/bookings", response_model=BookingOut, status_code=status.HTTP_201_CREATED)
-def book(session_id: IdPath, body: BookingIn, request: Request, db: DbSession, user: CurrentUser) -> BookingOut:
-    """A place, or a waitlist place (`status` says which); 409 `session_full` when both are full."""
-    row = booking.book(db, by=user, session_id=session_id, patient_id=body.patient_id, phone=body.phone,
-                       note=body.note, client_address=client_address(request))
-    return _booking_out(db, row)
+async def book(session_id: IdPath, body: BookingIn, request: Request) -> BookingOut:
+    """A place, or a waitlist place (`status` says which); 409 `session_full` when both are full.
+
+    Sign-in, booking and commit run in one thread and one transaction (core.db.in_one_transaction): hundreds of
+    residents booking a popular clinic at the same minute must queue for the lock, not deadlock the thread pool.
+    """
+    authorization, uid = request.headers.get("authorization"), request.session.get("uid")
+    address = client_address(request)
+
+    def unit(db: Session) -> BookingOut:
+        user = user_from_credentials(db, authorization=authorization, session_uid=uid)
+        if user is None:
+            raise NotAuthenticated("请先登录 / please sign in")
+        row = booking.book(db, by=user, session_id=session_id, patient_id=body.patient_id, phone=body.phone,
+                           note=body.note, client_address=address)
+        return _booking_out(db, row)
+
+    return await run_in_threadpool(in_one_transaction, unit)
 
 
 @router.get("/sessions/{session_id}/bookings", response_model=list[BookingOut])
