@@ -124,6 +124,15 @@ def clinic(db: Session, w: World, *, day: date | None = None, capacity: int = 20
     return row
 
 
+def move_to_past(db: Session, session: OutreachSession, *, days: int = 1, hhmm: str = "08:00") -> OutreachSession:
+    """A session planned (and booked) ahead, moved to a day that has passed: what happened can be recorded."""
+    day = local_today() - timedelta(days=days)
+    session.starts_at = service.local_dt(day, hhmm)
+    session.ends_at = session.starts_at + timedelta(minutes=180)
+    db.commit()
+    return session
+
+
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
