@@ -38,6 +38,7 @@ MENU: list[tuple[str, str, frozenset[Role]]] = [
     ("nav.chronic_indicators", "/chronic/indicators", REPORTING | {Role.CLINICIAN}),
     ("nav.screening", "/screening", frozenset({Role.CLINICIAN, Role.ORG_ADMIN, Role.ALLIANCE_ADMIN})),
     ("nav.outreach", "/outreach", ALL_STAFF),
+    ("nav.outreach_roster", "/outreach/roster", ADMINS),
     ("nav.outreach_impact", "/outreach/impact", REPORTING),
     ("nav.outreach_public", "/outreach/public", frozenset({Role.PATIENT})),
     ("nav.outreach_bookings", "/outreach/my-bookings", frozenset({Role.PATIENT})),
