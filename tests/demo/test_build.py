@@ -247,8 +247,8 @@ def test_progress_reports_each_stage_with_counts_and_time(built: list[str]) -> N
     names = [line.split("] ", 1)[1].split(":", 1)[0] for line in stages]
     assert names == ["areas", "specialties", "organisations", "alliances", "practitioners", "teams", "residents",
                      "accounts", "referrals", "imaging", "roads", "emergency", "pathways", "ecg", "results",
-                     "chronic", "screening"]
-    assert stages[-1].startswith(f"[{len(names)}/{len(names)}] screening")
+                     "chronic", "screening", "outreach"]
+    assert stages[-1].startswith(f"[{len(names)}/{len(names)}] outreach")
     assert re.search(r"emergency: \d+ ambulances, [\d,]+ calls", "\n".join(stages))
     assert all("s, total" in line for line in stages)
     assert any("(100%)" in line for line in built)

@@ -31,6 +31,7 @@ from healthrelay.demo.chronic import build_demo_chronic
 from healthrelay.demo.ecg import build_demo_ecgs
 from healthrelay.demo.emergency import CALLS_PER_YEAR, build_demo_emergency
 from healthrelay.demo.logins import DEMO_PASSWORD, logins
+from healthrelay.demo.outreach import build_demo_outreach
 from healthrelay.demo.pathways import build_demo_pathways
 from healthrelay.demo.referrals import build_demo_referrals
 from healthrelay.demo.residents import REFERENCE_DATE, ResidentRecord, synthetic_residents
@@ -145,7 +146,7 @@ class _Ids:
 class _Builder:
     STAGES = ("areas", "specialties", "organisations", "alliances", "practitioners", "teams", "residents",
               "accounts", "referrals", "imaging", "roads", "emergency", "pathways", "ecg", "results", "chronic",
-              "screening")
+              "screening", "outreach")
 
     def __init__(self, db: Session, *, seed: int, residents: int, progress: Progress, duplicate_share: float) -> None:
         self.db = db
@@ -455,6 +456,21 @@ class _Builder:
         return (f"{made['screening_events']} free-clinic and screening events, "
                 f"{made['screening_attendances']:,} people served, {made['screening_findings']:,} abnormal findings, "
                 f"{made['screening_tasks_open']:,} follow-up tasks open")
+
+    def _build_outreach(self) -> str:
+        residents = [pid for r, pid in zip(self.records, self.patient_ids, strict=True) if not r.is_planted_duplicate]
+        made = build_demo_outreach(self.db, seed=self.seed, now=self.now, patient_ids=residents)
+        self.counts.update(made)
+        if not made:
+            return "no expert studios, nothing to plan"
+        return (f"{made['outreach_agreements']} agreements for {made['outreach_studios']} studios, "
+                f"{made['outreach_aid_batches']} aid batches ({made['outreach_rotations']} rotations), "
+                f"{made['outreach_schedules']} weekly clinic schedules, {made['outreach_sessions']:,} sessions "
+                f"({made['outreach_sessions_done']:,} done, {made['outreach_sessions_upcoming']:,} upcoming), "
+                f"{made['outreach_patients_seen']:,} patients seen ({made['outreach_referred_up']:,} referred up), "
+                f"{made['outreach_procedures']:,} operations, {made['outreach_bookings']:,} bookings, "
+                f"{made['outreach_new_techniques']} new techniques, {made['outreach_traineeships']} traineeships, "
+                f"{made['outreach_availability']} availabilities")
 
     def _resident_for_login(self, village_code: str) -> ResidentRecord:
         """An adult with an ID and a phone in that village (else the township, else anyone)."""

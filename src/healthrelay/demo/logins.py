@@ -74,6 +74,13 @@ def logins() -> tuple[LoginDef, ...]:
         LoginDef("expert.cardio", Role.CLINICIAN, county.PROVINCIAL_GENERAL,
                  "省人民医院心内科专家，县医院专家工作室首席 / provincial cardiologist leading a county studio",
                  practitioner_code=f"{county.PROVINCIAL_GENERAL}-CARDIOLOGY-1"),
+        LoginDef("planner.county", Role.ORG_ADMIN, ph,
+                 "县人民医院医务科（安排专家下沉、延伸门诊和排班） / county hospital medical-affairs office "
+                 "(plans outreach, weekly clinics and the roster)"),
+        LoginDef("doc.outreach", Role.CLINICIAN, ph,
+                 "县人民医院心血管内科医生，每周二到石门镇中心卫生院坐诊（延伸门诊） / county cardiologist with a "
+                 "weekly extension clinic at Shimen",
+                 practitioner_code=f"{ph}-CARD-2"),
         LoginDef("expert.aid", Role.CLINICIAN, county.AID_HOSPITAL,
                  "东滨市中心医院帮扶专家（神经内科） / paired-aid neurologist",
                  practitioner_code=f"{county.AID_HOSPITAL}-NEUROLOGY-1"),
