@@ -108,9 +108,6 @@ def _check_session_open(session: OutreachSession) -> None:
     if session.status == "cancelled":
         raise Conflict("该安排已取消，不能记录 / the session was cancelled; nothing to record",
                        code="session_cancelled", field_errors=[_err("session_id", "已取消", "cancelled")])
-    if session.status == "draft":
-        raise Conflict("该安排尚未发布 / the session was never published", code="session_not_published",
-                       field_errors=[_err("session_id", "未发布", "not published")])
     if session.starts_at > utcnow():
         raise Conflict("该安排尚未开始，开始后才能记录 / the session has not started; record it once it has",
                        code="session_not_started", field_errors=[_err("session_id", "尚未开始", "not started")])

@@ -88,7 +88,7 @@ def list_sessions(db: DbSession, user: CurrentUser, host_organisation_id: Option
         raise AccessDenied("居民请看公开的下沉门诊表 / residents use the public list")
     rows = service.upcoming(db, host_ids=[host_organisation_id] if host_organisation_id else None,
                             practitioner_id=practitioner_id, days=days,
-                            statuses=("draft", "published", "done"))
+                            statuses=("published", "done"))
     return [SessionOut.model_validate(r) for r in rows]
 
 

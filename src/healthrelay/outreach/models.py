@@ -22,8 +22,8 @@ from healthrelay.core.db import Base, UTCDateTime, utcnow
 SESSION_KINDS = ("clinic", "teaching_round", "demonstration_operation", "lecture", "case_discussion",
                  "guided_procedure")
 BOOKABLE_KINDS = ("clinic",)
-# draft (a roster proposal not yet published) → published → done (activity recorded) | cancelled
-SESSION_STATES = ("draft", "published", "done", "cancelled")
+# published → done (activity recorded) | cancelled; a roster's proposals are RosterItems until published
+SESSION_STATES = ("published", "done", "cancelled")
 # booked | waitlisted → cancelled | attended | no_show; a waitlisted booking moves up when a place frees
 BOOKING_STATES = ("booked", "waitlisted", "cancelled", "attended", "no_show")
 PATIENT_OUTCOMES = ("treated_locally", "follow_up_locally", "referred_up", "admitted_locally")

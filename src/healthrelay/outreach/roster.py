@@ -1122,7 +1122,7 @@ def publish(db: Session, *, by: User, roster_id: int) -> tuple[RosterPlan, list[
             starts_at=service.local_dt(it.session_date, it.start_time), minutes=it.minutes, capacity=it.capacity,
             specialty_id=it.specialty_id, studio_team_id=it.studio_team_id)
         try:
-            session = service.create_session(db, by=by, plan=plan, roster_id=roster.id, status="published")
+            session = service.create_session(db, by=by, plan=plan, roster_id=roster.id)
         except DomainError as exc:
             detail = "；".join(str(e.get("message", "")) for e in exc.field_errors) or exc.message
             problems.append(_err(f"items[{it.id}]", f"第 {it.id} 项（{it.session_date}）：{exc.message}",

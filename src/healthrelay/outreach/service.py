@@ -402,7 +402,7 @@ def conflicts_for(db: Session, *, practitioner_id: int, host: Organisation,
     rows = db.execute(select(OutreachSession, Organisation).join(
         Organisation, Organisation.id == OutreachSession.host_organisation_id).where(
         OutreachSession.practitioner_id == practitioner_id,
-        OutreachSession.status.in_(("draft", "published", "done")),
+        OutreachSession.status.in_(("published", "done")),
         OutreachSession.starts_at < windows[-1][1] + timedelta(days=1),
         OutreachSession.ends_at > windows[0][0] - timedelta(days=1))).all()
     s = settings if settings is not None else settings_of(db)
@@ -438,7 +438,7 @@ def session_number(day: date, session_id: int) -> str:
     return f"XC{day:%Y%m%d}-{session_id:04d}"
 
 
-def create_session(db: Session, *, by: User | None, plan: SessionPlan, status: str = "published",
+def create_session(db: Session, *, by: User | None, plan: SessionPlan,
                    schedule_id: int | None = None, roster_id: int | None = None, allow_past: bool = False,
                    check_conflicts: bool = True) -> OutreachSession:
     """Plan one session; refused with every reason named (bad fields, agreement period, the person busy).
@@ -460,8 +460,7 @@ def create_session(db: Session, *, by: User | None, plan: SessionPlan, status: s
         department_id=plan.department_id, specialty_id=checked.specialty_id, studio_team_id=plan.studio_team_id,
         rotation_id=plan.rotation_id, schedule_id=schedule_id, roster_id=roster_id, starts_at=plan.starts_at,
         ends_at=ends_at, capacity=plan.capacity, waitlist_limit=plan.waitlist_limit if plan.kind == "clinic" else 0,
-        status=status, created_by_user_id=by.id if by else None,
-        published_at=now if status == "published" else None)
+        status="published", created_by_user_id=by.id if by else None, published_at=now)
     db.add(row)
     db.flush()
     row.number = session_number(plan.starts_at.astimezone(LOCAL_TZ).date(), row.id)
@@ -574,7 +573,7 @@ def skip_schedule_date(db: Session, *, by: User, schedule_id: int, day: date, re
     if schedule is None:
         raise NotFound("没有这个周期安排 / no such schedule")
     session = db.scalars(select(OutreachSession).where(
-        OutreachSession.schedule_id == schedule_id, OutreachSession.status.in_(("published", "draft")),
+        OutreachSession.schedule_id == schedule_id, OutreachSession.status == "published",
         OutreachSession.starts_at >= local_dt(day, "00:00"),
         OutreachSession.starts_at < local_dt(day + timedelta(days=1), "00:00"))).first()
     if session is None:
