@@ -387,3 +387,22 @@ def test_studio_membership_required(db: Session, county: County) -> None:
         roster.propose(db, by=c.w.planner, month=next_month(), months_back=1, time_limit=5)
     assert refused.value.code == "not_studio_member"
     assert db.get(Practitioner, c.w.expert.practitioner_id) is not None
+
+
+def test_a_session_must_be_worth_the_trip(db: Session, county: County) -> None:
+    d1, d2, d3 = date(2031, 3, 3), date(2031, 3, 4), date(2031, 3, 5)
+    expert = roster.ExpertSupply(1, 7, 20, 3, (d1, d2, d3), {10: 9.0, 11: 20.0, 12: 30.0})
+    demand = {(10, 7): 12, (11, 7): 2, (12, 7): 1}
+    anyone = roster.Problem(experts=[expert], demand=demand, time_limit=5)
+    assert roster.solve(anyone).total_covered == 15 and len(roster.solve(anyone).assignments) == 3
+    worth = roster.Problem(experts=[expert], demand=demand, time_limit=5, min_patients=3)
+    for solution in (roster.greedy(worth), roster.solve(worth)):
+        assert [a.host for a in solution.assignments] == [10], solution  # one session, where 12 are waiting
+        assert solution.total_covered == 12
+    # Through propose: a minimum above every (host, specialty)'s demand is explained, and nothing is written.
+    with pytest.raises(Conflict) as exc:
+        roster.propose(db, by=county.w.planner, month=next_month(), months_back=1, min_patients=100)
+    assert exc.value.code == "demand_too_small" and exc.value.field_errors[0]["field"] == "min_patients"
+    with pytest.raises(InvalidInput):
+        roster.propose(db, by=county.w.planner, month=next_month(), min_patients=0)
+    assert _rosters(db) == 0

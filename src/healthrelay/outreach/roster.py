@@ -77,6 +77,7 @@ class Problem:
     experts: list[ExpertSupply]
     demand: dict[tuple[int, int], int]  # (host, specialty) -> patients a month not yet served
     per_host_day: int = 2
+    min_patients: int = 1  # a session must be expected to keep at least this many patients local
     host_day_taken: dict[tuple[int, date], int] = field(default_factory=dict)  # sessions already there that day
     time_limit: float = 10.0
     workers: int = 2
@@ -126,7 +127,7 @@ def candidates(problem: Problem) -> list[_Candidate]:
         if e.max_sessions <= 0 or e.capacity <= 0:
             continue
         for host, minutes in sorted(e.travel.items()):
-            if problem.demand.get((host, e.specialty), 0) <= 0:
+            if problem.demand.get((host, e.specialty), 0) < max(1, problem.min_patients):
                 continue
             for day in e.days:
                 if problem.host_day_taken.get((host, day), 0) < problem.per_host_day:
@@ -150,12 +151,13 @@ def greedy(problem: Problem) -> Solution:
     used_days: list[set[date]] = [set() for _ in problem.experts]
     host_day = dict(problem.host_day_taken)
     heap: list[tuple[int, float, int, int]] = []
+    floor = max(1, problem.min_patients)
     for i, e in enumerate(problem.experts):
         if e.max_sessions <= 0 or e.capacity <= 0 or not e.days:
             continue
         for host, minutes in e.travel.items():
             gain = min(e.capacity, remaining.get((host, e.specialty), 0))
-            if gain > 0:
+            if gain >= floor:
                 heap.append((-gain, minutes, i, host))
     heapq.heapify(heap)
     chosen: list[Assignment] = []
@@ -165,7 +167,7 @@ def greedy(problem: Problem) -> Solution:
         if left[i] <= 0:
             continue
         gain = min(e.capacity, remaining.get((host, e.specialty), 0))
-        if gain <= 0:
+        if gain < floor:
             continue
         if gain < -neg:
             heapq.heappush(heap, (-gain, minutes, i, host))
@@ -217,10 +219,12 @@ def _solve_counts(problem: Problem, cands: list[_Candidate], hint: Solution | No
     by_expert: dict[int, list[Any]] = defaultdict(list)
     by_host: dict[int, list[Any]] = defaultdict(list)
     by_cell: dict[tuple[int, int], list[Any]] = defaultdict(list)
+    sessions_in_cell: dict[tuple[int, int], list[Any]] = defaultdict(list)
     for (i, h), v in y.items():
         e = problem.experts[i]
         by_expert[i].append(v)
         by_host[h].append(v)
+        sessions_in_cell[(h, e.specialty)].append(v)
         # a session never covers more than the cell wants: min(capacity, demand) tightens the relaxation
         by_cell[(h, e.specialty)].append(min(e.capacity, problem.demand[(h, e.specialty)]) * v)
     for i, vs in by_expert.items():
@@ -234,6 +238,8 @@ def _solve_counts(problem: Problem, cands: list[_Candidate], hint: Solution | No
     for cell, terms in by_cell.items():
         covered[cell] = model.NewIntVar(0, problem.demand[cell], f"c{cell[0]}_{cell[1]}")
         model.Add(covered[cell] <= sum(terms))
+        if problem.min_patients > 1:  # every session there keeps its minimum, on average
+            model.Add(covered[cell] >= problem.min_patients * sum(sessions_in_cell[cell]))
     if hint is not None:
         counts: dict[tuple[int, int], int] = defaultdict(int)
         index = {e.key: i for i, e in enumerate(problem.experts)}
@@ -304,6 +310,8 @@ def _solve_days(problem: Problem, cands: list[_Candidate], *, hint: Solution | N
     for cell, ns in by_cell.items():
         v = model.NewIntVar(0, problem.demand[cell], f"c{cell[0]}_{cell[1]}")
         model.Add(v <= sum(min(problem.experts[cands[n].expert].capacity, problem.demand[cell]) * x[n] for n in ns))
+        if problem.min_patients > 1:
+            model.Add(v >= problem.min_patients * sum(x[n] for n in ns))
         covered[cell] = v
     travel = [_tenths(c.travel) for c in cands]
     # The most travel any roster could add up to, plus one: one patient always outweighs all the driving.
@@ -772,7 +780,7 @@ def _supplies(db: Session, *, month: date, demand: list[DemandRow], settings: di
 
 
 def _problem(supplies: list[Supply], demand: list[DemandRow], host_day: dict[tuple[int, date], int], *,
-             per_host_day: int, time_limit: float) -> Problem:
+             per_host_day: int, time_limit: float, min_patients: int = 1) -> Problem:
     experts = [ExpertSupply(key=s.availability.practitioner_id, specialty=s.specialty_id or 0,
                             capacity=s.availability.session_capacity, max_sessions=s.sessions_left,
                             days=tuple(s.days),
@@ -780,7 +788,8 @@ def _problem(supplies: list[Supply], demand: list[DemandRow], host_day: dict[tup
                                     if m is not None and m <= s.availability.max_travel_minutes})
                for s in supplies]
     return Problem(experts=experts, demand={(r.host_id, r.specialty_id): r.unmet for r in demand if r.unmet > 0},
-                   per_host_day=per_host_day, host_day_taken=host_day, time_limit=time_limit)
+                   per_host_day=per_host_day, host_day_taken=host_day, time_limit=time_limit,
+                   min_patients=min_patients)
 
 
 def _item_reason(*, demand: dict[str, Any] | None, person: str, base: str, host: str, travel: float | None,
@@ -807,12 +816,17 @@ def _item_reason(*, demand: dict[str, Any] | None, person: str, base: str, host:
 
 def propose(db: Session, *, by: User, month: date, months_back: int = 6, host_ids: Sequence[int] | None = None,
             time_limit: float = 10.0, per_host_day: int = 2, start_time: str = "09:00", minutes: int = 180,
-            now: datetime | None = None) -> RosterPlan:
+            min_patients: int = 3, now: datetime | None = None) -> RosterPlan:
     """Plan `month` from the last `months_back` months of demand; stores a draft roster and its items.
 
     Refused before anything is written when the request is bad (422 naming the field) or when no roster is
-    possible (409 naming the constraint that rules everything out)."""
+    possible (409 naming the constraint that rules everything out). A session is proposed only where it is
+    expected to keep at least `min_patients` patients a month local: a whole morning of an expert for one patient
+    is not worth the trip."""
     service.require_planner(by)
+    if not 1 <= min_patients <= 100:
+        raise InvalidInput("每场至少留住的患者数须在 1 到 100 之间 / patients a session must keep: 1 to 100",
+                           field_errors=[_err("min_patients", "1–100", "1 to 100")])
     first, hosts, hhmm = _check_params(db, month=month, months_back=months_back, host_ids=host_ids,
                                        time_limit=time_limit, per_host_day=per_host_day, start_time=start_time,
                                        minutes=minutes)
@@ -828,10 +842,19 @@ def propose(db: Session, *, by: User, month: date, months_back: int = 6, host_id
         raise Conflict(f"{first:%Y-%m} 已发布的安排已覆盖全部需求 / the sessions already published for {first:%Y-%m} "
                        "cover all the demand", code="demand_covered",
                        field_errors=[_err("month", "需求已被已有安排覆盖", "already covered")])
+    if not any(r.unmet >= min_patients for r in demand):
+        top = max(demand, key=lambda r: r.unmet)
+        raise Conflict(f"各机构各专科每月未满足的需求都不足 {min_patients} 人（最多 {top.unmet} 人），"
+                       f"不值得专家跑一趟；可降低“每场至少留住”或拉长统计月数 / no host and specialty has "
+                       f"{min_patients} or more patients a month left to serve (the most is {top.unmet}); lower the "
+                       "minimum or look further back", code="demand_too_small",
+                       field_errors=[_err("min_patients", f"最多 {top.unmet} 人/月",
+                                          f"the most is {top.unmet} a month")])
     settings = service.settings_of(db)
     diag = Diagnosis()
     supplies, host_day = _supplies(db, month=first, demand=demand, settings=settings, diag=diag)
-    problem = _problem(supplies, demand, host_day, per_host_day=per_host_day, time_limit=time_limit)
+    problem = _problem(supplies, demand, host_day, per_host_day=per_host_day, time_limit=time_limit,
+                       min_patients=min_patients)
     cands = candidates(problem)
     diag.free_host_day = len(cands)
     refusal = diag.explain(month=first)
@@ -845,6 +868,7 @@ def propose(db: Session, *, by: User, month: date, months_back: int = 6, host_id
         number=service.temporary_number(), month=first, status="draft",
         params={"month": first.isoformat(), "months_back": months_back, "host_ids": sorted(hosts) if hosts else None,
                 "time_limit": time_limit, "per_host_day": per_host_day, "start_time": hhmm, "minutes": minutes,
+                "min_patients": min_patients,
                 "experts": len(problem.experts), "candidates": len(cands), "status": best.status,
                 "bound": best.bound, "greedy_seconds": round(base.seconds, 3),
                 "greedy_sessions": len(base.assignments), "travel_minutes": round(best.travel_total, 1),

@@ -64,7 +64,7 @@ def _number(value: str, name: str, problems: FormProblems, kind: type = int) -> 
 def _list_page(request: Request, db: Session, user: User, *, form: dict[str, Any],
                invalid: dict[str, str] | None = None, error: str = "", status_code: int = 200) -> Response:
     invalid = invalid or {}
-    order = ["month", "months_back", "host_ids", "time_limit"]
+    order = ["month", "months_back", "min_patients", "host_ids", "time_limit"]
     return render(request, "outreach/roster_list.html", {
         "rosters": roster.list_rosters(db, by=user), "form": form, "invalid": invalid, "error": error,
         "focus": next((f for f in order if f in invalid), ""), "hosts": _hosts(db)}, status_code=status_code)
@@ -75,20 +75,22 @@ def roster_list(request: Request, db: DbSession, user: CurrentUser) -> Response:
     service.require_planner(user)
     upcoming = roster.next_month(roster.month_start(local_today()))
     return _list_page(request, db, user, form={"month": upcoming.strftime("%Y-%m"), "months_back": "6",
-                                               "host_ids": [], "time_limit": "10"})
+                                               "host_ids": [], "time_limit": "10", "min_patients": "3"})
 
 
 @router.post("/outreach/roster", dependencies=[CsrfChecked])
 def roster_propose(request: Request, db: DbSession, user: CurrentUser, month: FormText = "",
-                   months_back: FormText = "6", time_limit: FormText = "10",
+                   months_back: FormText = "6", time_limit: FormText = "10", min_patients: FormText = "3",
                    host_ids: FormList = []) -> Response:  # noqa: B006
     service.require_planner(user)
-    form = {"month": month, "months_back": months_back, "host_ids": host_ids, "time_limit": time_limit}
+    form = {"month": month, "months_back": months_back, "host_ids": host_ids, "time_limit": time_limit,
+            "min_patients": min_patients}
     try:
         problems = FormProblems()
         first = _parse_month(month, problems)
         back = _number(months_back, "months_back", problems)
         limit = _number(time_limit, "time_limit", problems, float)
+        least = _number(min_patients, "min_patients", problems)
         hosts = []
         for h in host_ids:
             if is_id(h):
@@ -97,7 +99,8 @@ def roster_propose(request: Request, db: DbSession, user: CurrentUser, month: Fo
                 problems.add("host_ids", "机构编号无效 / not an organisation id")
         problems.raise_if_any()
         assert first is not None
-        row = roster.propose(db, by=user, month=first, months_back=back, host_ids=hosts or None, time_limit=limit)
+        row = roster.propose(db, by=user, month=first, months_back=back, host_ids=hosts or None, time_limit=limit,
+                             min_patients=least if least is not None else 3)
     except DomainError as exc:
         reraise_if_access(exc)
         db.rollback()
