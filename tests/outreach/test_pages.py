@@ -109,3 +109,35 @@ def test_studio_and_aid_pages_and_agreement_form(client, db: Session, world: Wor
     assert client.get("/outreach/aid").status_code == 200
     assert client.get("/outreach/studios/999999").status_code == 404
     assert client.get("/outreach/studios/99999999999").status_code == 422
+
+
+def test_a_planner_records_an_aid_relationship_its_batch_and_an_expert(client, db: Session,  # noqa: ANN001
+                                                                         world: World) -> None:
+    from healthrelay.outreach.models import AidBatch, AidRelationship, AidRotation
+
+    csrf = login(client, "planner")
+    form = {"csrf_token": csrf, "code": "AID-1", "name": "省人民医院对口帮扶县人民医院",
+            "supporting_organisation_id": str(world.province.id), "supported_organisation_id": str(world.county.id),
+            "starts_on": "2027-01-01", "ends_on": "2026-01-01"}
+    bad = client.post("/outreach/aid", data=form)
+    assert bad.status_code == 422 and 'id="ends_on-error"' in bad.text
+    assert client.post("/outreach/aid", data={**form, "ends_on": "2029-12-31"},
+                       follow_redirects=False).status_code == 303
+    rel = db.scalars(select(AidRelationship)).one()
+    outside = client.post(f"/outreach/aid/{rel.id}/batches", data={"csrf_token": csrf, "number": "1",
+                                                                  "starts_on": "2026-10-01", "ends_on": "2027-03-31"})
+    assert outside.status_code == 422 and "2027-01-01" in outside.text
+    assert client.post(f"/outreach/aid/{rel.id}/batches", data={
+        "csrf_token": csrf, "number": "1", "starts_on": "2027-01-01", "ends_on": "2027-03-31"},
+        follow_redirects=False).status_code == 303
+    batch = db.scalars(select(AidBatch)).one()
+    made = client.post(f"/outreach/batches/{batch.id}/rotations", data={
+        "csrf_token": csrf, "practitioner_id": str(world.expert.practitioner_id),
+        "posted_organisation_id": str(world.county.id), "starts_on": "2027-01-01", "ends_on": "2027-03-31",
+        "role": "挂职科室主任"}, follow_redirects=False)
+    assert made.status_code == 303
+    page = client.get("/outreach/aid")
+    assert "挂职科室主任" in page.text and "省人民医院对口帮扶县人民医院" in page.text
+    assert db.scalars(select(AidRotation)).one().role == "挂职科室主任"
+    login(client, "town_doc")
+    assert client.post("/outreach/aid", data={**form, "csrf_token": login(client, "town_doc")}).status_code == 403

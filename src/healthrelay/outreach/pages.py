@@ -441,7 +441,12 @@ def agreement_submit(request: Request, team_id: IdPath, db: DbSession, user: Cur
 
 @router.get("/outreach/aid")
 def aid_page(request: Request, db: DbSession, user: CurrentUser) -> Response:
-    """Aid relationships (对口帮扶) with their batches and who is posted where."""
+    """Aid relationships (对口帮扶) with their batches and who is posted where; planners add to them."""
+    return _aid_page(request, db, user)
+
+
+def _aid_page(request: Request, db: Session, user: User, *, form: str = "", values: dict[str, str] | None = None,
+              invalid: dict[str, str] | None = None, error: str = "", status_code: int = 200) -> Response:
     _staff_only(user)
     relationships = db.scalars(select(AidRelationship).order_by(AidRelationship.starts_on)).all()
     batches = db.scalars(select(AidBatch).order_by(AidBatch.relationship_id, AidBatch.number)).all()
@@ -453,6 +458,83 @@ def aid_page(request: Request, db: DbSession, user: CurrentUser) -> Response:
     org_ids |= {r.supported_organisation_id for r in relationships}
     orgs = _names(db, Organisation, org_ids | {r.posted_organisation_id for r in rotations})
     people = _names(db, Practitioner, {r.practitioner_id for r in rotations})
+    may_plan = service.is_planner(user)
     return render(request, "outreach/aid.html", {
         "relationships": relationships, "batches": batches, "by_batch": by_batch, "orgs": orgs, "people": people,
-        "today": local_today()})
+        "today": local_today(), "may_plan": may_plan, "form": form, "values": values or {}, "invalid": invalid or {},
+        "error": error, "hospitals": _hospitals(db) if may_plan else [],
+        "persons": service.person_choices(db) if may_plan else []}, status_code=status_code)
+
+
+def _hospitals(db: Session) -> list[Organisation]:
+    from healthrelay.directory.models import OrgLevel
+
+    return list(db.scalars(select(Organisation).where(Organisation.level.in_((
+        OrgLevel.PROVINCIAL, OrgLevel.TERTIARY, OrgLevel.SECONDARY, OrgLevel.TOWNSHIP, OrgLevel.COMMUNITY)))
+        .order_by(Organisation.level, Organisation.code)))
+
+
+def _aid_form(request: Request, db: Session, user: User, form: str, values: dict[str, str], action: Any) -> Response:
+    """Run one of the aid forms; on a refusal the page comes back with the form open and its fields marked."""
+    try:
+        problems = FormProblems()
+        action(problems)
+    except DomainError as exc:
+        reraise_if_access(exc)
+        db.rollback()
+        return _aid_page(request, db, user, form=form, values=values, invalid=messages_by_field(exc.field_errors),
+                         error=exc.message, status_code=exc.status_code)
+    return RedirectResponse(f"/outreach/aid?done={form}", status_code=303)
+
+
+@router.post("/outreach/aid", dependencies=[CsrfChecked])
+def aid_create(request: Request, db: DbSession, user: CurrentUser, code: FormText = "", name: FormText = "",
+               supporting_organisation_id: FormText = "", supported_organisation_id: FormText = "",
+               starts_on: FormText = "", ends_on: FormText = "", goals: FormText = "") -> Response:
+    values = {"code": code, "name": name, "supporting_organisation_id": supporting_organisation_id,
+              "supported_organisation_id": supported_organisation_id, "starts_on": starts_on, "ends_on": ends_on,
+              "goals": goals}
+
+    def act(problems: FormProblems) -> None:
+        helping = _required_id(problems, "supporting_organisation_id", supporting_organisation_id)
+        helped = _required_id(problems, "supported_organisation_id", supported_organisation_id)
+        start, end = _parse_day(problems, "starts_on", starts_on), _parse_day(problems, "ends_on", ends_on)
+        problems.raise_if_any()
+        assert helping and helped and start and end
+        service.create_aid_relationship(db, by=user, code=code, name=name, supporting_organisation_id=helping,
+                                        supported_organisation_id=helped, starts_on=start, ends_on=end, goals=goals)
+    return _aid_form(request, db, user, "aid", values, act)
+
+
+@router.post("/outreach/aid/{relationship_id}/batches", dependencies=[CsrfChecked])
+def aid_batch(request: Request, relationship_id: IdPath, db: DbSession, user: CurrentUser, number: FormText = "",
+              starts_on: FormText = "", ends_on: FormText = "", goals: FormText = "") -> Response:
+    values = {"relationship_id": str(relationship_id), "number": number, "starts_on": starts_on, "ends_on": ends_on,
+              "goals": goals}
+
+    def act(problems: FormProblems) -> None:
+        n = _parse_int(problems, "number", number, 1, 999)
+        start, end = _parse_day(problems, "starts_on", starts_on), _parse_day(problems, "ends_on", ends_on)
+        problems.raise_if_any()
+        assert start and end
+        service.add_batch(db, by=user, relationship_id=relationship_id, number=n, starts_on=start, ends_on=end,
+                          goals=goals)
+    return _aid_form(request, db, user, f"batch-{relationship_id}", values, act)
+
+
+@router.post("/outreach/batches/{batch_id}/rotations", dependencies=[CsrfChecked])
+def aid_rotation(request: Request, batch_id: IdPath, db: DbSession, user: CurrentUser, practitioner_id: FormText = "",
+                 posted_organisation_id: FormText = "", starts_on: FormText = "", ends_on: FormText = "",
+                 role: FormText = "", goals: FormText = "") -> Response:
+    values = {"practitioner_id": practitioner_id, "posted_organisation_id": posted_organisation_id,
+              "starts_on": starts_on, "ends_on": ends_on, "role": role, "goals": goals}
+
+    def act(problems: FormProblems) -> None:
+        person = _required_id(problems, "practitioner_id", practitioner_id)
+        posted = _required_id(problems, "posted_organisation_id", posted_organisation_id)
+        start, end = _parse_day(problems, "starts_on", starts_on), _parse_day(problems, "ends_on", ends_on)
+        problems.raise_if_any()
+        assert person and posted and start and end
+        service.add_rotation(db, by=user, batch_id=batch_id, practitioner_id=person, posted_organisation_id=posted,
+                             starts_on=start, ends_on=end, role=role, goals=goals)
+    return _aid_form(request, db, user, f"rotation-{batch_id}", values, act)
