@@ -14,12 +14,20 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from healthrelay.access import service as access
 from healthrelay.accounts.models import Role, User
-from healthrelay.core.db import LOCAL_TZ, local_today, utcnow
-from healthrelay.core.deps import CsrfChecked, CurrentUser, DbSession, OptionalUser, client_address
-from healthrelay.core.errors import AccessDenied, DomainError, InvalidInput
+from healthrelay.core.db import LOCAL_TZ, in_one_transaction, local_today, utcnow
+from healthrelay.core.deps import (
+    CsrfChecked,
+    CurrentUser,
+    DbSession,
+    OptionalUser,
+    client_address,
+    user_from_credentials,
+)
+from healthrelay.core.errors import AccessDenied, DomainError, InvalidInput, NotAuthenticated
 from healthrelay.core.ids import IdPath, is_id
 from healthrelay.directory.models import Organisation, Practitioner, Specialty, Team, TeamKind, TeamMember
 from healthrelay.outreach import activity_pages, booking, impact_pages, roster_pages, service
@@ -291,23 +299,42 @@ def book_page(request: Request, session_id: IdPath, db: DbSession, user: Current
 
 
 @router.post("/outreach/sessions/{session_id}/book", dependencies=[CsrfChecked])
-def book_submit(request: Request, session_id: IdPath, db: DbSession, user: CurrentUser, patient_id: FormText = "",
-                phone: FormText = "", note: FormText = "") -> Response:
-    try:
+async def book_submit(request: Request, session_id: IdPath, patient_id: FormText = "", phone: FormText = "",
+                      note: FormText = "") -> Response:
+    """Book from the form. Like the API, sign-in, booking and commit run in one thread and one transaction
+    (core.db.in_one_transaction), so a crowd booking a popular clinic at once queues instead of deadlocking."""
+    uid, address = request.session.get("uid"), client_address(request)
+
+    def signed_in(db: Session) -> User:
+        user = user_from_credentials(db, authorization=None, session_uid=uid)
+        if user is None:
+            raise NotAuthenticated("请先登录 / please sign in")
+        request.state.user = user
+        return user
+
+    def unit(db: Session) -> tuple[Role, str, str]:
+        user = signed_in(db)
         if user.role != Role.PATIENT and not is_id(patient_id):
             raise InvalidInput("请填写居民编号 / enter the resident's record number",
                                field_errors=[{"field": "patient_id", "message": "required"}])
         row = booking.book(db, by=user, session_id=session_id,
                            patient_id=int(patient_id) if is_id(patient_id) else None, phone=phone, note=note,
-                           client_address=client_address(request))
+                           client_address=address)
+        return user.role, row.status, row.number
+
+    try:
+        role, status, number = await run_in_threadpool(in_one_transaction, unit)
     except DomainError as exc:
         if exc.status_code in (401, 403) or (exc.status_code == 404 and "patient" not in exc.message):
             raise
-        db.rollback()
-        return book_page(request, session_id, db, user, error=exc.message, patient_id=patient_id, phone=phone,
-                         status_code=exc.status_code)
-    target = "/outreach/my-bookings" if user.role == Role.PATIENT else f"/outreach/sessions/{session_id}"
-    return RedirectResponse(f"{target}?done={row.status}&number={row.number}", status_code=303)
+        refused = exc
+
+        def page(db: Session) -> Response:
+            return book_page(request, session_id, db, signed_in(db), error=refused.message, patient_id=patient_id,
+                             phone=phone, status_code=refused.status_code)
+        return await run_in_threadpool(in_one_transaction, page)
+    target = "/outreach/my-bookings" if role == Role.PATIENT else f"/outreach/sessions/{session_id}"
+    return RedirectResponse(f"{target}?done={status}&number={number}", status_code=303)
 
 
 @router.get("/outreach/my-bookings")
