@@ -176,3 +176,13 @@ def test_activity_aid_and_availability_look_like_a_county_year(built: list[str],
     assert experts | {county_doc} <= set(available)
     assert all(a.weekdays and 60 <= a.max_travel_minutes <= 180 and 2 <= a.max_sessions_per_month <= 6
                for a in available.values())
+
+
+def test_the_planner_can_propose_next_months_roster(built: list[str], db: Session) -> None:
+    from healthrelay.outreach import roster
+
+    planner = _user(db, "planner.county")
+    plan = roster.propose(db, by=planner, month=roster.next_month(roster.month_start(local_today())), time_limit=3)
+    items = roster.items_of(db, plan.id)
+    assert items and plan.covered > 0 and all(i.reason for i in items)
+    db.rollback()

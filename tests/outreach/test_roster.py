@@ -406,3 +406,17 @@ def test_a_session_must_be_worth_the_trip(db: Session, county: County) -> None:
     with pytest.raises(InvalidInput):
         roster.propose(db, by=county.w.planner, month=next_month(), min_patients=0)
     assert _rosters(db) == 0
+
+
+def test_the_minimum_comes_from_the_countys_setting_unless_asked(db: Session, county: County) -> None:
+    from healthrelay.outreach.models import OutreachSetting
+
+    assert roster.default_min_patients(db) == 3  # seeded by the migration
+    db.get(OutreachSetting, "roster_min_patients").value = 100  # type: ignore[union-attr]
+    db.commit()
+    with pytest.raises(Conflict) as exc:
+        roster.propose(db, by=county.w.planner, month=next_month(), months_back=1)
+    assert exc.value.code == "demand_too_small"
+    db.rollback()
+    plan = roster.propose(db, by=county.w.planner, month=next_month(), months_back=1, min_patients=1)
+    assert plan.params["min_patients"] == 1 and live(db, plan)

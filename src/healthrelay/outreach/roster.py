@@ -814,16 +814,22 @@ def _item_reason(*, demand: dict[str, Any] | None, person: str, base: str, host:
     return f"{zh}\n{en}"
 
 
+def default_min_patients(db: Session) -> int:
+    return int(service.settings_of(db).get("roster_min_patients", 3))
+
+
 def propose(db: Session, *, by: User, month: date, months_back: int = 6, host_ids: Sequence[int] | None = None,
             time_limit: float = 10.0, per_host_day: int = 2, start_time: str = "09:00", minutes: int = 180,
-            min_patients: int = 3, now: datetime | None = None) -> RosterPlan:
+            min_patients: int | None = None, now: datetime | None = None) -> RosterPlan:
     """Plan `month` from the last `months_back` months of demand; stores a draft roster and its items.
 
     Refused before anything is written when the request is bad (422 naming the field) or when no roster is
     possible (409 naming the constraint that rules everything out). A session is proposed only where it is
     expected to keep at least `min_patients` patients a month local: a whole morning of an expert for one patient
-    is not worth the trip."""
+    is not worth the trip; unless asked, the county's `roster_min_patients` (outreach_settings) decides."""
     service.require_planner(by)
+    if min_patients is None:
+        min_patients = default_min_patients(db)
     if not 1 <= min_patients <= 100:
         raise InvalidInput("每场至少留住的患者数须在 1 到 100 之间 / patients a session must keep: 1 to 100",
                            field_errors=[_err("min_patients", "1–100", "1 to 100")])

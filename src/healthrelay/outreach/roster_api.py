@@ -24,7 +24,8 @@ class ProposeIn(BaseModel):
     per_host_day: int = Field(2, ge=1, le=10)
     start_time: str = Field("09:00", max_length=5)
     minutes: int = Field(180, ge=15, le=720)
-    min_patients: int = Field(3, ge=1, le=100, description="a session must be expected to keep this many local")
+    min_patients: int | None = Field(None, ge=1, le=100,
+                                     description="patients a session must keep local; default: the county's setting")
 
 
 class MoveIn(BaseModel):

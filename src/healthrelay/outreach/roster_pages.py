@@ -75,12 +75,13 @@ def roster_list(request: Request, db: DbSession, user: CurrentUser) -> Response:
     service.require_planner(user)
     upcoming = roster.next_month(roster.month_start(local_today()))
     return _list_page(request, db, user, form={"month": upcoming.strftime("%Y-%m"), "months_back": "6",
-                                               "host_ids": [], "time_limit": "10", "min_patients": "3"})
+                                               "host_ids": [], "time_limit": "10",
+                                               "min_patients": str(roster.default_min_patients(db))})
 
 
 @router.post("/outreach/roster", dependencies=[CsrfChecked])
 def roster_propose(request: Request, db: DbSession, user: CurrentUser, month: FormText = "",
-                   months_back: FormText = "6", time_limit: FormText = "10", min_patients: FormText = "3",
+                   months_back: FormText = "6", time_limit: FormText = "10", min_patients: FormText = "",
                    host_ids: FormList = []) -> Response:  # noqa: B006
     service.require_planner(user)
     form = {"month": month, "months_back": months_back, "host_ids": host_ids, "time_limit": time_limit,
@@ -90,7 +91,7 @@ def roster_propose(request: Request, db: DbSession, user: CurrentUser, month: Fo
         first = _parse_month(month, problems)
         back = _number(months_back, "months_back", problems)
         limit = _number(time_limit, "time_limit", problems, float)
-        least = _number(min_patients, "min_patients", problems)
+        least = _number(min_patients, "min_patients", problems) if min_patients.strip() else None
         hosts = []
         for h in host_ids:
             if is_id(h):
@@ -100,7 +101,7 @@ def roster_propose(request: Request, db: DbSession, user: CurrentUser, month: Fo
         problems.raise_if_any()
         assert first is not None
         row = roster.propose(db, by=user, month=first, months_back=back, host_ids=hosts or None, time_limit=limit,
-                             min_patients=least if least is not None else 3)
+                             min_patients=least)
     except DomainError as exc:
         reraise_if_access(exc)
         db.rollback()

@@ -4,7 +4,8 @@ activity records, new techniques, traineeships, availability, rosters, and the i
 Seeds `outreach_settings`, the rates a county tunes for "money saved": bus fare per km (each way), people
 travelling with the patient, income lost per person-hour, and the extra a trip costs (meals, a night's lodging
 and higher fees at a provincial hospital); plus the road speed and detour factor used where no road network
-reaches (a provincial hospital outside the county's roads).
+reaches (a provincial hospital outside the county's roads); and the fewest patients a proposed roster session must
+keep local.
 
 Revision ID: 0020
 Revises: 0019
@@ -429,6 +430,7 @@ SEEDED_SETTINGS = (
      "去省级医院一次的额外花费（分：住宿、餐费、费用差） / extra per provincial trip, fen"),
     ("fallback_kmh", 60.0, "无路网时的平均车速（公里/小时） / speed where no road network reaches, km/h"),
     ("detour_factor", 1.3, "无路网时直线距离的绕行系数 / straight-line distance × this where no roads are known"),
+    ("roster_min_patients", 3.0, "排班时每场至少留住的患者数（人/月） / patients a proposed session must keep local"),
 )
 
 
