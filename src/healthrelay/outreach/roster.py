@@ -893,8 +893,8 @@ def propose(db: Session, *, by: User, month: date, months_back: int = 6, host_id
                           start_time=hhmm, minutes=minutes, capacity=a.capacity, travel_minutes=round(a.travel, 1)))
     db.flush()
     refresh(db, roster)
-    service._audit(db, by, "outreach.roster_proposed", resource=f"outreach_roster:{roster.id}",
-                   number=roster.number, items=len(best.assignments), covered=roster.covered)
+    service.record_audit(db, by, "outreach.roster_proposed", resource=f"outreach_roster:{roster.id}",
+                         number=roster.number, items=len(best.assignments), covered=roster.covered)
     return roster
 
 
@@ -1083,8 +1083,8 @@ def move_item(db: Session, *, by: User, roster_id: int, item_id: int, session_da
     item.travel_minutes = round(travel, 1)
     db.flush()
     refresh(db, roster)
-    service._audit(db, by, "outreach.roster_item_moved", resource=f"outreach_roster:{roster.id}", item_id=item.id,
-                   before=list(before), after=[day.isoformat(), host, hhmm])
+    service.record_audit(db, by, "outreach.roster_item_moved", resource=f"outreach_roster:{roster.id}",
+                         item_id=item.id, before=list(before), after=[day.isoformat(), host, hhmm])
     return item
 
 
@@ -1094,7 +1094,8 @@ def remove_item(db: Session, *, by: User, roster_id: int, item_id: int) -> Roste
     item.removed = True
     db.flush()
     refresh(db, roster)
-    service._audit(db, by, "outreach.roster_item_removed", resource=f"outreach_roster:{roster.id}", item_id=item.id)
+    service.record_audit(db, by, "outreach.roster_item_removed", resource=f"outreach_roster:{roster.id}",
+                         item_id=item.id)
     return item
 
 
@@ -1116,7 +1117,7 @@ def add_item(db: Session, *, by: User, roster_id: int, practitioner_id: int, hos
     db.add(item)
     db.flush()
     refresh(db, roster)
-    service._audit(db, by, "outreach.roster_item_added", resource=f"outreach_roster:{roster.id}", item_id=item.id)
+    service.record_audit(db, by, "outreach.roster_item_added", resource=f"outreach_roster:{roster.id}", item_id=item.id)
     return item
 
 
@@ -1168,8 +1169,8 @@ def publish(db: Session, *, by: User, roster_id: int) -> tuple[RosterPlan, list[
                        code="roster_conflicts", field_errors=problems)
     savepoint.commit()
     db.refresh(roster)
-    service._audit(db, by, "outreach.roster_published", resource=f"outreach_roster:{roster.id}",
-                   sessions=len(created))
+    service.record_audit(db, by, "outreach.roster_published", resource=f"outreach_roster:{roster.id}",
+                         sessions=len(created))
     return roster, created
 
 

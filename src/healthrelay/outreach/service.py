@@ -108,7 +108,7 @@ def may_staff_session(db: Session, user: User, session: OutreachSession) -> bool
     return user.role == Role.CLINICIAN and user.organisation_id == session.host_organisation_id
 
 
-def _audit(db: Session, by: User, action: str, *, resource: str, **detail: Any) -> None:
+def record_audit(db: Session, by: User, action: str, *, resource: str, **detail: Any) -> None:
     audit.record(db, actor=actor_of(by), action=action, resource=resource, detail=detail)
 
 
@@ -190,7 +190,7 @@ def add_agreement(db: Session, *, by: User, team_id: int, starts_on: date, ends_
                           created_by_user_id=by.id)
     db.add(row)
     db.flush()
-    _audit(db, by, "outreach.agreement_added", resource=f"team:{team_id}", agreement_id=row.id)
+    record_audit(db, by, "outreach.agreement_added", resource=f"team:{team_id}", agreement_id=row.id)
     return row
 
 
@@ -228,7 +228,7 @@ def create_aid_relationship(db: Session, *, by: User, code: str, name: str, supp
                           starts_on=starts_on, ends_on=ends_on, goals=goals.strip())
     db.add(row)
     db.flush()
-    _audit(db, by, "outreach.aid_created", resource=f"outreach_aid:{row.id}")
+    record_audit(db, by, "outreach.aid_created", resource=f"outreach_aid:{row.id}")
     return row
 
 
@@ -465,7 +465,8 @@ def create_session(db: Session, *, by: User | None, plan: SessionPlan,
     db.flush()
     row.number = session_number(plan.starts_at.astimezone(LOCAL_TZ).date(), row.id)
     if by is not None:
-        _audit(db, by, "outreach.session_planned", resource=f"outreach_session:{row.id}", number=row.number)
+        record_audit(db, by, "outreach.session_planned", resource=f"outreach_session:{row.id}",
+                     number=row.number)
     return row
 
 
@@ -495,7 +496,8 @@ def cancel_session(db: Session, *, by: User, session_id: int, reason: str) -> Ou
         raise Conflict("该安排刚被他人修改，请刷新 / the session just changed, reload", code="stale")
     db.refresh(row)
     booking.cancel_all_for_session(db, session=row, reason=reason.strip())
-    _audit(db, by, "outreach.session_cancelled", resource=f"outreach_session:{row.id}", reason=reason.strip()[:300])
+    record_audit(db, by, "outreach.session_cancelled", resource=f"outreach_session:{row.id}",
+                 reason=reason.strip()[:300])
     return row
 
 
@@ -563,7 +565,8 @@ def publish_schedule(db: Session, *, by: User, plan: SchedulePlan) -> tuple[Outr
                                schedule_id=schedule.id, check_conflicts=False) for start, _ in windows]
     for s in sessions:
         s.created_by_user_id = by.id
-    _audit(db, by, "outreach.schedule_published", resource=f"outreach_schedule:{schedule.id}", sessions=len(sessions))
+    record_audit(db, by, "outreach.schedule_published", resource=f"outreach_schedule:{schedule.id}",
+                 sessions=len(sessions))
     return schedule, sessions
 
 
