@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any, cast
 
-from sqlalchemy import JSON, func, insert, or_, select, text
+from sqlalchemy import func, insert, or_, select, text
 from sqlalchemy.orm import Session
 
 from healthrelay.accounts.models import User
@@ -53,6 +53,7 @@ from healthrelay.chronic.models import (
 )
 from healthrelay.core.db import LOCAL_TZ
 from healthrelay.demo import county
+from healthrelay.demo.bulk import insert_rows
 from healthrelay.directory.models import Area, Organisation, OrgKind, Team, TeamKind, TeamMember
 from healthrelay.patients.models import Patient, Sex, TeamPanelEntry
 
@@ -61,7 +62,6 @@ SHOWCASE_TOWNSHIP = 3  # 石门镇; its first village is the one of the vdoc.* l
 SHOWCASE_BP = (162, 98)
 SHOWCASE_DAYS_AGO = 21
 HISTORY_DAYS = 730  # follow-ups and readings stored for the last two years
-_CHUNK = 5000
 
 # Share of adults 35+ with the condition (the seeded prevalences) and the share of those the teams manage.
 HTN_PREVALENCE, HTN_MANAGED = 0.279, 0.65
@@ -509,31 +509,10 @@ def _insert_ids(db: Session, model: type[Any], rows: list[dict[str, Any]]) -> li
     ids = list(connection.execute(
         text("SELECT nextval(pg_get_serial_sequence(:t, 'id')) FROM generate_series(1, :n)"),
         {"t": table.name, "n": len(rows)}).scalars())
-    _insert(db, model, [{"id": new_id, **row} for new_id, row in zip(ids, rows, strict=True)])
+    insert_rows(db, model, [{"id": new_id, **row} for new_id, row in zip(ids, rows, strict=True)])
     return ids
 
 
-def _insert(db: Session, model: type[Any], rows: list[dict[str, Any]]) -> None:
-    """Bulk insert inside our transaction: COPY on PostgreSQL (psycopg's executemany and multi-row INSERTs spend
-    most of their time on parameters), as the demo build does; Core executemany in chunks on SQLite."""
-    if not rows:
-        return
-    table = model.__table__
-    connection = db.connection()
-    if connection.dialect.name != "postgresql":
-        for start in range(0, len(rows), _CHUNK):
-            connection.execute(insert(table), rows[start:start + _CHUNK])
-        return
-    from psycopg.types.json import Jsonb
-
-    db.flush()
-    columns = list(rows[0])
-    is_json = [isinstance(table.c[c].type, JSON) for c in columns]
-    raw = connection.connection.driver_connection
-    names = ", ".join(columns)  # column names come from our own models, never from input
-    with raw.cursor() as cursor, cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row([Jsonb(row[c]) if js else row[c] for c, js in zip(columns, is_json, strict=True)])
 
 
 def _showcase_village(db: Session) -> tuple[Area, User]:
@@ -581,7 +560,7 @@ def build_demo_chronic(db: Session, *, seed: int, now: datetime) -> dict[str, in
     calls = _calls(demo, enrolments, rows)
     for e, new_id in zip(enrolments, _insert_ids(db, ChronicEnrolment, rows), strict=True):
         e.id = new_id
-    _insert(db, ChronicCall, [dict(c, enrolment_id=enrolments[c.pop("_index")].id) for c in calls])
+    insert_rows(db, ChronicCall, [dict(c, enrolment_id=enrolments[c.pop("_index")].id) for c in calls])
 
     # Follow-ups, with their numbers as readings (source follow_up) the way the follow-up service stores them.
     follow_ups: list[dict[str, Any]] = []
@@ -613,7 +592,7 @@ def build_demo_chronic(db: Session, *, seed: int, now: datetime) -> dict[str, in
             if v.glucose is not None:
                 reading_rows.append({**base, "kind": "glucose", "sbp": None, "dbp": None, "pulse": None,
                                      "glucose_mmol": v.glucose, "glucose_context": "fasting"})
-    _insert(db, ChronicFollowUp, follow_ups)
+    insert_rows(db, ChronicFollowUp, follow_ups)
     # Readings at the village points, some uploaded from the point's device.
     record_ids: dict[str, int] = {}
     point_readings = 0
@@ -634,9 +613,9 @@ def build_demo_chronic(db: Session, *, seed: int, now: datetime) -> dict[str, in
                 "source": "device_csv" if serial else "manual", "device_serial": serial, "device_record_id": number,
                 "recorded_by_user_id": None, "recorded_at": r.at + timedelta(minutes=2)})
             point_readings += 1
-    _insert(db, ChronicReading, reading_rows)
+    insert_rows(db, ChronicReading, reading_rows)
     contracts = _contracts(demo, people, enrolments, scripted)
-    _insert(db, FamilyDoctorContract, contracts)
+    insert_rows(db, FamilyDoctorContract, contracts)
     tasks = _record_live_visits(demo, live_cases)
 
     showcase = {f"{name}_{what}": e.person.patient_id if what == "patient_id" else e.id

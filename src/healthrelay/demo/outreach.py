@@ -31,12 +31,13 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, func, insert, select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from healthrelay.accounts.models import Role, User
 from healthrelay.core.db import LOCAL_TZ
 from healthrelay.demo import county
+from healthrelay.demo.bulk import insert_rows
 from healthrelay.directory.models import (
     Alliance,
     Area,
@@ -81,7 +82,6 @@ EXPIRED_STUDIO = "QX-STUDIO-20"  # its agreement ended last month
 SHOWCASE_HOST = county.centre_code(county.TOWNSHIPS[2])  # 石门镇中心卫生院
 SHOWCASE_EXPERT = f"{county.PROVINCIAL_GENERAL}-CARDIOLOGY-1"  # expert.cardio
 UNRECORDED = 2  # expert.cardio's latest past sessions left for him to record
-_CHUNK = 5000
 
 # (start, minutes) of the two half-day slots; a person holds at most one session per slot.
 _SLOTS = {"am": ("08:30", 180), "pm": ("14:30", 150)}
@@ -235,26 +235,6 @@ def _reserve(db: Session, model: type[Any], n: int) -> list[int]:
         {"t": table.name, "n": n}).scalars())
 
 
-def _put(db: Session, model: type[Any], rows: list[dict[str, Any]]) -> None:
-    """Write rows (every column given, ids included): executemany on SQLite, COPY on PostgreSQL."""
-    if not rows:
-        return
-    table = model.__table__
-    connection = db.connection()
-    if connection.dialect.name != "postgresql":
-        for start in range(0, len(rows), _CHUNK):
-            connection.execute(insert(table), rows[start:start + _CHUNK])
-        return
-    from psycopg.types.json import Jsonb
-
-    db.flush()
-    columns = list(rows[0])
-    is_json = [isinstance(table.c[c].type, JSON) for c in columns]
-    raw = connection.connection.driver_connection
-    names = ", ".join(columns)  # our own model's column names, never input
-    with raw.cursor() as cursor, cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row([Jsonb(row[c]) if js else row[c] for c, js in zip(columns, is_json, strict=True)])
 
 
 # ---------------------------------------------------------------------------- the plan
@@ -447,7 +427,7 @@ class _Outreach:
                              "created_at": _at(p0 - timedelta(days=5), "10:00")})
         for row, new_id in zip(rows, _reserve(self.db, StudioAgreement, len(rows)), strict=True):
             row["id"] = new_id
-        _put(self.db, StudioAgreement, [{"id": r.pop("id"), **r} for r in rows])
+        insert_rows(self.db, StudioAgreement, [{"id": r.pop("id"), **r} for r in rows])
         self.made["outreach_agreements"] = len(rows)
         self.made["outreach_studios"] = len(self.studios)
 
@@ -460,7 +440,7 @@ class _Outreach:
         batches = [(k, s0, _add_months(s0, 3) - timedelta(days=1)) for k, s0 in enumerate(starts, start=1)]
         rel_start, rel_end = batches[0][1], date(batches[-1][2].year + 1, 12, 31)
         (rel_id,) = _reserve(db, AidRelationship, 1)
-        _put(db, AidRelationship, [{
+        insert_rows(db, AidRelationship, [{
             "id": rel_id, "code": AID_CODE, "name": f"东滨市中心医院对口帮扶{county.COUNTY_NAME}人民医院",
             "supporting_organisation_id": supporting, "supported_organisation_id": supported,
             "alliance_id": self.aid_alliance, "starts_on": rel_start, "ends_on": rel_end,
@@ -468,7 +448,7 @@ class _Outreach:
                      "填补县内技术空白，带教骨干、接收进修，帮助县医院达到三级医院服务能力。",
             "created_at": _at(rel_start - timedelta(days=20), "09:00")}])
         batch_ids = _reserve(db, AidBatch, len(batches))
-        _put(db, AidBatch, [{"id": bid, "relationship_id": rel_id, "number": k, "starts_on": s0, "ends_on": s1,
+        insert_rows(db, AidBatch, [{"id": bid, "relationship_id": rel_id, "number": k, "starts_on": s0, "ends_on": s1,
                              "goals": f"第{k}批：{rng.choice(_BATCH_THEMES)}与学科骨干带教"}
                             for bid, (k, s0, s1) in zip(batch_ids, batches, strict=True)])
         # 35 rotations: four a batch, three in the first; experts drawn from the hospital's departments.
@@ -498,7 +478,7 @@ class _Outreach:
                 meta.append((specialty, b))
                 index += 1
         rotation_ids = _reserve(db, AidRotation, len(rotations))
-        _put(db, AidRotation, [{"id": rid, **r} for rid, r in zip(rotation_ids, rotations, strict=True)])
+        insert_rows(db, AidRotation, [{"id": rid, **r} for rid, r in zip(rotation_ids, rotations, strict=True)])
         self.rotations = [(rid, r, spec) for rid, r, (spec, _b) in zip(rotation_ids, rotations, meta, strict=True)]
         self.batches = batches
         self.made["outreach_aid_batches"] = len(batches)
@@ -543,7 +523,7 @@ class _Outreach:
                     "created_by_user_id": self.planner_id,
                     "created_at": min(self.now, _at(p0 - timedelta(days=10), "09:30"))})
         ids = _reserve(self.db, OutreachSchedule, len(rows))
-        _put(self.db, OutreachSchedule, [{"id": sid, **r} for sid, r in zip(ids, rows, strict=True)])
+        insert_rows(self.db, OutreachSchedule, [{"id": sid, **r} for sid, r in zip(ids, rows, strict=True)])
         sessions = 0
         for person, title, host_id, weekday, capacity, specialty, i, dept_id, p0, p1, skips in plans:
             day = p0 + timedelta(days=(weekday - p0.weekday()) % 7)
@@ -679,10 +659,10 @@ class _Outreach:
                 row["status"] = "done"
         self.sessions = planned
         self.bookings()
-        _put(self.db, OutreachSession, [{"id": p.row["id"], "number": p.row["number"],
+        insert_rows(self.db, OutreachSession, [{"id": p.row["id"], "number": p.row["number"],
                                          **{k: v for k, v in p.row.items() if k not in ("id", "number")}}
                                         for p in planned])
-        _put(self.db, OutreachBooking, self.booking_rows)
+        insert_rows(self.db, OutreachBooking, self.booking_rows)
         done = sum(p.row["status"] == "done" for p in planned)
         self.made["outreach_sessions"] = len(planned)
         self.made["outreach_sessions_done"] = done
@@ -812,11 +792,11 @@ class _Outreach:
                 "summary": _summary(kind, len(seen) + len(others), county.SPECIALTY_NAMES.get(p.specialty, "")),
                 "recorded_by_user_id": by_expert,
                 "recorded_at": row["ends_at"] + timedelta(hours=rng.randint(1, 30))})
-        _put(self.db, SessionActivity, activities)
+        insert_rows(self.db, SessionActivity, activities)
         for model, rows in ((ActivityPatient, patients), (ActivityProcedure, procedures),
                             (ActivityTrainee, trainees)):
             new_ids = _reserve(self.db, model, len(rows))
-            _put(self.db, model, [{"id": i, **r} for i, r in zip(new_ids, rows, strict=True)])
+            insert_rows(self.db, model, [{"id": i, **r} for i, r in zip(new_ids, rows, strict=True)])
         self.done_sessions = done
         self.made["outreach_activities"] = len(activities)
         self.made["outreach_patients_seen"] = len(patients)
@@ -880,7 +860,7 @@ class _Outreach:
             add(r["posted_organisation_id"], specialty, name, description, r["practitioner_id"], day, None, rid,
                 rng.random() < 0.35, None, committee)
         ids = _reserve(self.db, NewTechnique, len(rows))
-        _put(self.db, NewTechnique, [{"id": i, **r} for i, r in zip(ids, rows, strict=True)])
+        insert_rows(self.db, NewTechnique, [{"id": i, **r} for i, r in zip(ids, rows, strict=True)])
         self.made["outreach_new_techniques"] = len(rows)
         self.made["outreach_techniques_last_year"] = sum(r["introduced_on"] >= self.first_day for r in rows)
         self.made["outreach_gaps_filled"] = sum(r["fills_gap"] for r in rows)
@@ -942,9 +922,9 @@ class _Outreach:
                                      "note": rng.choice(("按计划推进", "已能在指导下独立完成", "考核通过",
                                                          "病例积累中，下月复评")),
                                      "recorded_on": on, "recorded_by_user_id": self.planner_id})
-        _put(self.db, Traineeship, [{"id": r.pop("id"), **r} for r in rows])
+        insert_rows(self.db, Traineeship, [{"id": r.pop("id"), **r} for r in rows])
         pids = _reserve(self.db, TraineeshipProgress, len(progress))
-        _put(self.db, TraineeshipProgress, [{"id": i, **r} for i, r in zip(pids, progress, strict=True)])
+        insert_rows(self.db, TraineeshipProgress, [{"id": i, **r} for i, r in zip(pids, progress, strict=True)])
         self.made["outreach_traineeships"] = len(rows)
         self.made["outreach_further_training"] = sum(r["kind"] == "further_training" for r in rows)
         self.made["outreach_mentorships"] = sum(r["kind"] == "mentorship" for r in rows)
@@ -989,7 +969,7 @@ class _Outreach:
                          "max_travel_minutes": rng.choice((60, 90, 120)), "max_sessions_per_month": rng.randint(2, 4),
                          "session_capacity": rng.choice((20, 25, 30)), "updated_at": self.now})
         ids = _reserve(self.db, ExpertAvailability, len(rows))
-        _put(self.db, ExpertAvailability, [{"id": i, **r} for i, r in zip(ids, rows, strict=True)])
+        insert_rows(self.db, ExpertAvailability, [{"id": i, **r} for i, r in zip(ids, rows, strict=True)])
         self.made["outreach_availability"] = len(rows)
 
     def build(self) -> dict[str, int]:

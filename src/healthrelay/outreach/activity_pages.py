@@ -9,7 +9,6 @@ Rules live in activity.py; routes parse, call, render.
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
@@ -230,19 +229,6 @@ def _choices(db: Session) -> dict[str, Any]:
     return {"people": people, "hosts": hosts, "studios": impact.grouping_choices(db)["studio"]}
 
 
-def _opt_date(problems: FormProblems, name: str, value: str, *, required: bool = False) -> date | None:
-    value = value.strip()
-    if not value:
-        if required:
-            problems.add(name, "请填写日期 / a date is required")
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        problems.add(name, "日期格式应为 年-月-日 / use YYYY-MM-DD")
-        return None
-
-
 def _opt_id(problems: FormProblems, name: str, value: str, *, required: bool = False) -> int | None:
     value = value.strip()
     if not value:
@@ -291,8 +277,8 @@ def technique_submit(request: Request, db: DbSession, user: CurrentUser, host_or
         p = FormProblems()
         host = _opt_id(p, "host_organisation_id", host_organisation_id, required=True)
         person = _opt_id(p, "introduced_by_practitioner_id", introduced_by_practitioner_id, required=True)
-        introduced = _opt_date(p, "introduced_on", introduced_on, required=True)
-        certified = _opt_date(p, "certified_on", certified_on)
+        introduced = p.day("introduced_on", introduced_on, required=True)
+        certified = p.day("certified_on", certified_on)
         studio = _opt_id(p, "studio_team_id", studio_team_id)
         session = _opt_id(p, "session_id", session_id)
         p.raise_if_any()
@@ -364,8 +350,8 @@ def traineeship_submit(request: Request, db: DbSession, user: CurrentUser, kind:
         mentor = _opt_id(p, "mentor_practitioner_id", mentor_practitioner_id)
         home = _opt_id(p, "home_organisation_id", home_organisation_id, required=True)
         at = _opt_id(p, "at_organisation_id", at_organisation_id, required=True)
-        start = _opt_date(p, "starts_on", starts_on, required=True)
-        end = _opt_date(p, "ends_on", ends_on, required=True)
+        start = p.day("starts_on", starts_on, required=True)
+        end = p.day("ends_on", ends_on, required=True)
         studio = _opt_id(p, "studio_team_id", studio_team_id)
         p.raise_if_any()
         assert trainee is not None and home is not None and at is not None and start is not None and end is not None
@@ -388,7 +374,7 @@ def progress_submit(request: Request, db: DbSession, user: CurrentUser, trainees
         p = FormProblems()
         goal = p.opt_int("goal_index", goal_index)
         pct = p.opt_int("percent", percent)
-        day = _opt_date(p, "recorded_on", recorded_on)
+        day = p.day("recorded_on", recorded_on)
         if goal is None and "goal_index" not in {e["field"] for e in p.errors}:
             p.add("goal_index", "请选择目标 / choose a goal")
         if pct is None and "percent" not in {e["field"] for e in p.errors}:

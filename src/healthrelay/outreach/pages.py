@@ -127,14 +127,6 @@ def plan_page(request: Request, db: DbSession, user: CurrentUser, host: str = ""
     return _plan_page(request, db, user, form)
 
 
-def _parse_day(problems: FormProblems, name: str, value: str) -> date | None:
-    try:
-        return date.fromisoformat(value.strip())
-    except ValueError:
-        problems.add(name, "日期格式应为 年-月-日 / use YYYY-MM-DD")
-        return None
-
-
 def _parse_int(problems: FormProblems, name: str, value: str, low: int, high: int) -> int:
     value = value.strip()
     if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
@@ -161,7 +153,7 @@ def plan_submit(request: Request, db: DbSession, user: CurrentUser, kind: FormTe
         host = _required_id(problems, "host_organisation_id", host_organisation_id)
         studio = _optional_id(problems, "studio_team_id", studio_team_id)
         specialty = _optional_id(problems, "specialty_id", specialty_id)
-        first_day = _parse_day(problems, "day", day)
+        first_day = problems.day("day", day, required=True)
         try:
             hhmm = service.check_hhmm(start_time)
         except InvalidInput as exc:
@@ -170,8 +162,8 @@ def plan_submit(request: Request, db: DbSession, user: CurrentUser, kind: FormTe
         length = _parse_int(problems, "minutes", minutes, 15, service.MAX_SESSION_MINUTES)
         places = _parse_int(problems, "capacity", capacity or "0", 0, service.MAX_CAPACITY)
         waitlist = _parse_int(problems, "waitlist_limit", waitlist_limit or "0", 0, service.MAX_WAITLIST)
-        last_day = _parse_day(problems, "until", until) if repeat else None
-        skipped = [d for d in (_parse_day(problems, "skip", s) for s in skip.replace("，", ",").split(",") if s.strip())
+        last_day = problems.day("until", until, required=True) if repeat else None
+        skipped = [d for d in (problems.day("skip", s) for s in skip.replace("，", ",").split(","))
                    if d is not None]
         problems.raise_if_any()
         assert person is not None and host is not None and first_day is not None
@@ -231,7 +223,7 @@ def schedule_skip(request: Request, schedule_id: IdPath, db: DbSession, user: Cu
                   reason: FormText = "") -> Response:
     try:
         problems = FormProblems()
-        when = _parse_day(problems, "day", day)
+        when = problems.day("day", day, required=True)
         problems.raise_if_any()
         assert when is not None
         service.skip_schedule_date(db, by=user, schedule_id=schedule_id, day=when, reason=reason)
@@ -451,8 +443,8 @@ def agreement_submit(request: Request, team_id: IdPath, db: DbSession, user: Cur
     form = {"starts_on": starts_on, "ends_on": ends_on, "sessions_per_month": sessions_per_month, "goals": goals}
     try:
         problems = FormProblems()
-        start = _parse_day(problems, "starts_on", starts_on)
-        end = _parse_day(problems, "ends_on", ends_on)
+        start = problems.day("starts_on", starts_on, required=True)
+        end = problems.day("ends_on", ends_on, required=True)
         per_month = _parse_int(problems, "sessions_per_month", sessions_per_month or "0", 0, 200)
         problems.raise_if_any()
         assert start is not None and end is not None
@@ -525,7 +517,8 @@ def aid_create(request: Request, db: DbSession, user: CurrentUser, code: FormTex
     def act(problems: FormProblems) -> None:
         helping = _required_id(problems, "supporting_organisation_id", supporting_organisation_id)
         helped = _required_id(problems, "supported_organisation_id", supported_organisation_id)
-        start, end = _parse_day(problems, "starts_on", starts_on), _parse_day(problems, "ends_on", ends_on)
+        start = problems.day("starts_on", starts_on, required=True)
+        end = problems.day("ends_on", ends_on, required=True)
         problems.raise_if_any()
         assert helping and helped and start and end
         service.create_aid_relationship(db, by=user, code=code, name=name, supporting_organisation_id=helping,
@@ -541,7 +534,8 @@ def aid_batch(request: Request, relationship_id: IdPath, db: DbSession, user: Cu
 
     def act(problems: FormProblems) -> None:
         n = _parse_int(problems, "number", number, 1, 999)
-        start, end = _parse_day(problems, "starts_on", starts_on), _parse_day(problems, "ends_on", ends_on)
+        start = problems.day("starts_on", starts_on, required=True)
+        end = problems.day("ends_on", ends_on, required=True)
         problems.raise_if_any()
         assert start and end
         service.add_batch(db, by=user, relationship_id=relationship_id, number=n, starts_on=start, ends_on=end,
@@ -559,7 +553,8 @@ def aid_rotation(request: Request, batch_id: IdPath, db: DbSession, user: Curren
     def act(problems: FormProblems) -> None:
         person = _required_id(problems, "practitioner_id", practitioner_id)
         posted = _required_id(problems, "posted_organisation_id", posted_organisation_id)
-        start, end = _parse_day(problems, "starts_on", starts_on), _parse_day(problems, "ends_on", ends_on)
+        start = problems.day("starts_on", starts_on, required=True)
+        end = problems.day("ends_on", ends_on, required=True)
         problems.raise_if_any()
         assert person and posted and start and end
         service.add_rotation(db, by=user, batch_id=batch_id, practitioner_id=person, posted_organisation_id=posted,

@@ -42,17 +42,6 @@ def _parse_month(value: str, problems: FormProblems) -> date | None:
         return None
 
 
-def _parse_day(value: str, name: str, problems: FormProblems) -> date | None:
-    value = (value or "").strip()
-    if not value:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        problems.add(name, "须为 年-月-日 / use YYYY-MM-DD")
-        return None
-
-
 def _number(value: str, name: str, problems: FormProblems, kind: type = int) -> Any:
     try:
         return kind(value.strip())
@@ -150,7 +139,7 @@ def item_move(request: Request, roster_id: IdPath, item_id: IdPath, db: DbSessio
               session_date: FormText = "", host_organisation_id: FormText = "", start_time: FormText = "") -> Response:
     try:
         problems = FormProblems()
-        day = _parse_day(session_date, "session_date", problems)
+        day = problems.day("session_date", session_date)
         host = problems.opt_int("host_organisation_id", host_organisation_id)
         problems.raise_if_any()
         roster.move_item(db, by=user, roster_id=roster_id, item_id=item_id, session_date=day,
@@ -168,7 +157,7 @@ def item_add(request: Request, roster_id: IdPath, db: DbSession, user: CurrentUs
         problems = FormProblems()
         person = problems.opt_int("practitioner_id", practitioner_id)
         host = problems.opt_int("host_organisation_id", host_organisation_id)
-        day = _parse_day(session_date, "session_date", problems)
+        day = problems.day("session_date", session_date)
         places = problems.opt_int("capacity", capacity)
         for name, value in (("practitioner_id", person), ("host_organisation_id", host), ("session_date", day)):
             if value is None and not any(e["field"] == name for e in problems.errors):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -27,6 +27,19 @@ class FormProblems:
             return int(value)
         except ValueError:
             self.add(name, "须为数字 / must be a number")
+            return None
+
+    def day(self, name: str, value: str, *, required: bool = False) -> date | None:
+        """A date typed as YYYY-MM-DD (an <input type="date">); None, and a message when required, if blank."""
+        value = (value or "").strip()
+        if not value:
+            if required:
+                self.add(name, "请填写日期 / a date is required")
+            return None
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            self.add(name, "日期格式应为 年-月-日 / use YYYY-MM-DD")
             return None
 
     def choice(self, name: str, value: str, allowed: type[Any], message: str) -> Any:
